@@ -1,0 +1,211 @@
+//! What each command does to the event store, independent of HTTP.
+//!
+//! Every decision rests on the database's unique `(aggregate_id, version)`:
+//! a command reads the stream head, decides, and appends `head + 1`. If
+//! someone else appended first, the append comes back as a conflict and the
+//! command either reports it (`If-Match` was given) or decides again.
+
+use chrono::Utc;
+use event_store::{
+    AppendOutcome, EventStore, EventStoreError, GroupCommitter, NewEvent, StoredEvent,
+};
+use serde_json::{json, Value};
+use shared_kernel::events::WARRIOR_DELETED;
+use shared_kernel::{Warrior, WarriorDraft, WarriorEvent, WarriorState, SCHEMA_VERSION};
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Namespace for ids derived from idempotency keys (UUIDv5).
+const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x8f1d_3c2a_5b4e_4f60_9a7d_0e21_c3b4_a596);
+
+/// How often a command without `If-Match` re-decides after losing a race.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Why a command did not happen.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error("warrior not found")]
+    NotFound,
+    #[error("warrior is at version {current}")]
+    VersionMismatch { current: i64 },
+    #[error("idempotency key was already used with a different body")]
+    IdempotencyKeyReused,
+    #[error("gave up after {MAX_ATTEMPTS} conflicting attempts")]
+    TooMuchContention,
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+}
+
+/// Context recorded with each event, for audit and tracing.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    pub idempotency_key: Option<String>,
+}
+
+impl RequestMeta {
+    fn to_json(&self) -> Value {
+        let mut meta = serde_json::Map::new();
+        if let Some(id) = &self.request_id {
+            meta.insert("request_id".into(), json!(id));
+        }
+        if let Some(key) = &self.idempotency_key {
+            meta.insert("idempotency_key".into(), json!(key));
+        }
+        Value::Object(meta)
+    }
+}
+
+/// Whether a create wrote a new warrior or replayed an earlier identical one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Warrior),
+    Replayed(Warrior),
+}
+
+impl Created {
+    pub fn warrior(&self) -> &Warrior {
+        match self {
+            Self::New(w) | Self::Replayed(w) => w,
+        }
+    }
+}
+
+/// The command side's use cases.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    store: EventStore,
+    writer: GroupCommitter,
+}
+
+impl Commands {
+    pub fn new(store: EventStore, writer: GroupCommitter) -> Self {
+        Self { store, writer }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        &self.store
+    }
+
+    /// Creates a warrior. With an idempotency key the id is derived from the
+    /// key, so a repeat collides with the first attempt in the database
+    /// itself: no window in which two racing repeats could both create.
+    pub async fn create(
+        &self,
+        draft: &WarriorDraft,
+        meta: &RequestMeta,
+    ) -> Result<Created, CommandError> {
+        let id = match &meta.idempotency_key {
+            Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
+            None => Uuid::new_v4(),
+        };
+        let event = WarriorEvent::Created(WarriorState::from(draft));
+        match self.append(id, 1, &event, meta).await? {
+            AppendOutcome::Committed { .. } => Ok(Created::New(Warrior::from_draft(id, 1, draft))),
+            AppendOutcome::Conflict => self.replay_create(id, draft).await,
+        }
+    }
+
+    /// A repeated idempotent create: same body, same answer; else refused.
+    async fn replay_create(&self, id: Uuid, draft: &WarriorDraft) -> Result<Created, CommandError> {
+        let first = self.store.read_stream(id).await?.into_iter().next();
+        let same_body = first
+            .is_some_and(|e| e.data == WarriorEvent::Created(WarriorState::from(draft)).data());
+        if same_body {
+            Ok(Created::Replayed(Warrior::from_draft(id, 1, draft)))
+        } else {
+            Err(CommandError::IdempotencyKeyReused)
+        }
+    }
+
+    /// Replaces a live warrior's data.
+    pub async fn replace(
+        &self,
+        id: Uuid,
+        draft: &WarriorDraft,
+        if_match: Option<i64>,
+        meta: &RequestMeta,
+    ) -> Result<Warrior, CommandError> {
+        let event = WarriorEvent::Updated(WarriorState::from(draft));
+        let version = self.append_on_live(id, &event, if_match, meta).await?;
+        Ok(Warrior::from_draft(id, version, draft))
+    }
+
+    /// Deletes a live warrior; returns the version of the deletion event.
+    pub async fn delete(
+        &self,
+        id: Uuid,
+        if_match: Option<i64>,
+        meta: &RequestMeta,
+    ) -> Result<i64, CommandError> {
+        self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta)
+            .await
+    }
+
+    /// The audit trail of a warrior (deleted ones included).
+    pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, CommandError> {
+        let events = self.store.read_stream(id).await?;
+        if events.is_empty() {
+            return Err(CommandError::NotFound);
+        }
+        Ok(events)
+    }
+
+    /// Appends `event` on top of a live stream, re-deciding after lost races
+    /// unless the caller pinned a version with `If-Match`.
+    async fn append_on_live(
+        &self,
+        id: Uuid,
+        event: &WarriorEvent,
+        if_match: Option<i64>,
+        meta: &RequestMeta,
+    ) -> Result<i64, CommandError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let head = self.store.stream_head(id).await?;
+            let current = match head {
+                Some(head) if head.event_type != WARRIOR_DELETED => head.version,
+                _ => return Err(CommandError::NotFound),
+            };
+            if let Some(expected) = if_match {
+                if expected != current {
+                    return Err(CommandError::VersionMismatch { current });
+                }
+            }
+            match self.append(id, current + 1, event, meta).await? {
+                AppendOutcome::Committed { .. } => return Ok(current + 1),
+                AppendOutcome::Conflict if if_match.is_some() => {
+                    return Err(CommandError::VersionMismatch {
+                        current: current + 1,
+                    })
+                }
+                AppendOutcome::Conflict => continue,
+            }
+        }
+        Err(CommandError::TooMuchContention)
+    }
+
+    async fn append(
+        &self,
+        id: Uuid,
+        version: i64,
+        event: &WarriorEvent,
+        meta: &RequestMeta,
+    ) -> Result<AppendOutcome, EventStoreError> {
+        self.writer
+            .append(NewEvent {
+                event_id: Uuid::new_v4(),
+                aggregate_id: id,
+                version,
+                event_type: event.event_type().to_owned(),
+                schema_version: SCHEMA_VERSION,
+                data: event.data(),
+                metadata: meta.to_json(),
+            })
+            .await
+    }
+}
+
+/// Today's date, the upper bound of a date of birth.
+pub fn today() -> chrono::NaiveDate {
+    Utc::now().date_naive()
+}

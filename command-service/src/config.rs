@@ -1,0 +1,67 @@
+//! Runtime configuration: every setting is a flag and an environment
+//! variable, with defaults that match the local stack (`./dev up`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Validates warrior commands, appends their events to the PostgreSQL event
+/// store and relays them to Kafka through a transactional outbox.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "command-service", version)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8091")]
+    pub listen_addr: SocketAddr,
+
+    /// Event-store database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://hammer:hammer@127.0.0.1:5433/eventstore"
+    )]
+    pub database_url: String,
+
+    /// Size of the connection pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// How long a request may wait for a database connection before it gets 503.
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000)]
+    pub database_timeout_ms: u64,
+
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Topic the events are published to.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "warrior-events")]
+    pub kafka_topic: String,
+
+    /// Most appends committed together; 1 turns group commit off.
+    #[arg(long, env = "APPEND_MAX_BATCH", default_value_t = 1024)]
+    pub append_max_batch: usize,
+
+    /// Run the outbox relay in this process (only one instance relays at a time anyway).
+    #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay_enabled: bool,
+
+    /// Most events the relay publishes per round.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 1000)]
+    pub relay_batch: i64,
+
+    /// Upper bound on any request's handling time.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Config {
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

@@ -1,0 +1,81 @@
+//! The one place where command-side failures become HTTP responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_kit::Problem;
+use shared_kernel::InputError;
+use thiserror::Error;
+
+use crate::commands::CommandError;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    BadIdempotencyKey,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Self::Input(InputError::Malformed { detail, errors }) => {
+                let problem = Problem::typed(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-body",
+                    "Malformed request body",
+                    detail,
+                );
+                if errors.is_empty() {
+                    problem
+                } else {
+                    problem.with_errors(errors)
+                }
+            }
+            Self::Input(InputError::Invalid { errors }) => Problem::typed(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-warrior",
+                "Invalid warrior",
+                "one or more fields have unacceptable values",
+            )
+            .with_errors(errors),
+            Self::BadIdempotencyKey => Problem::new(StatusCode::BAD_REQUEST, self.to_string())
+                .with_errors(serde_json::json!({"Idempotency-Key": self.to_string()})),
+            Self::Command(error) => return command_problem(error).into_response(),
+        };
+        problem.into_response()
+    }
+}
+
+fn command_problem(error: CommandError) -> Problem {
+    match error {
+        CommandError::NotFound => Problem::new(StatusCode::NOT_FOUND, "no such warrior"),
+        CommandError::VersionMismatch { current } => Problem::typed(
+            StatusCode::PRECONDITION_FAILED,
+            "version-mismatch",
+            "Version mismatch",
+            format!("If-Match does not name the current version ({current}); nothing was written"),
+        ),
+        CommandError::IdempotencyKeyReused => Problem::typed(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was first used with a different body",
+        )
+        .with_errors(serde_json::json!({"Idempotency-Key": "already used with a different body"})),
+        CommandError::TooMuchContention => Problem::new(
+            StatusCode::CONFLICT,
+            "too many concurrent changes to this warrior; retry",
+        ),
+        CommandError::Store(error) => {
+            // Logged in full here, never shown to the client.
+            tracing::error!(%error, "event store unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event store is unavailable; retry later",
+            )
+        }
+    }
+}

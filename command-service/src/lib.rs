@@ -1,0 +1,105 @@
+//! command-service: validates warrior commands, appends their events to the
+//! event store with group commit, and relays them to Kafka via the outbox.
+
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod relay;
+pub mod routes;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::routing::{get, post, put};
+use axum::Router;
+use event_store::{EventStore, GroupCommitConfig, GroupCommitter};
+use rdkafka::producer::FutureProducer;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::commands::Commands;
+use crate::config::Config;
+use crate::relay::Relay;
+
+/// Everything a handler may touch, passed explicitly through axum's `State`.
+#[derive(Clone)]
+pub struct AppState {
+    pub commands: Commands,
+    pub producer: FutureProducer,
+    pub topic: String,
+}
+
+/// The routes, apart from how they are served (tests build it directly).
+pub fn app(state: AppState, config: &Config) -> Router {
+    let routes = Router::new()
+        .route("/warrior", post(routes::create))
+        .route("/warrior/{id}", put(routes::replace).delete(routes::delete))
+        .route("/warrior/{id}/events", get(routes::history))
+        .route("/api/v1/commands/warriors", post(routes::create_v1))
+        .route("/api/v1/commands/health", get(routes::health))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .with_state(state);
+    http_kit::with_common_layers(routes, config.request_timeout())
+}
+
+/// Connects, migrates, starts the writer and the relay, and serves until a
+/// shutdown signal; then drains requests and stops the relay cleanly.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let pool = PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy(&config.database_url)
+        .context("invalid DATABASE_URL")?;
+    event_store::MIGRATOR
+        .run(&pool)
+        .await
+        .context("cannot migrate the event store")?;
+    let store = EventStore::new(pool);
+
+    let committed = Arc::new(Notify::new());
+    let group_commit = GroupCommitConfig {
+        max_batch: config.append_max_batch,
+        ..GroupCommitConfig::default()
+    };
+    let (writer, writer_task) =
+        GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |_| {});
+
+    let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let (stop_relay, relay_stop_rx) = watch::channel(false);
+    let relay_task = config.relay_enabled.then(|| {
+        let relay = Relay {
+            store: store.clone(),
+            producer: producer.clone(),
+            topic: config.kafka_topic.clone(),
+            batch: config.relay_batch,
+            committed,
+        };
+        tokio::spawn(relay.run(relay_stop_rx))
+    });
+
+    let state = AppState {
+        commands: Commands::new(store, writer),
+        producer,
+        topic: config.kafka_topic.clone(),
+    };
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "command-service listening");
+    axum::serve(listener, app(state, &config))
+        .with_graceful_shutdown(http_kit::shutdown_signal())
+        .await?;
+
+    // Requests are drained; the writer ends once its last sender is gone.
+    let _ = writer_task.await;
+    let _ = stop_relay.send(true);
+    if let Some(task) = relay_task {
+        let _ = task.await;
+    }
+    tracing::info!("command-service stopped");
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! The outbox relay: publishes committed events to Kafka, at least once, in
+//! per-warrior order, and forgets them only once Kafka acknowledged them.
+//!
+//! Only the holder of the outbox lease relays; other instances wait and take
+//! over when the holder's database session ends. Kafka being down never
+//! affects writes: events simply wait in the outbox.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use event_store::{EventStore, EventStoreError, OutboxLease, StoredEvent};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use shared_kernel::EventEnvelope;
+use sqlx::postgres::PgListener;
+use tokio::sync::{watch, Notify};
+
+/// How long an idle relay sleeps when no wake-up arrives (a safety net only).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Pause after a failure before trying again.
+const BACKOFF: Duration = Duration::from_millis(500);
+
+/// What the relay needs; built once in `main`.
+pub struct Relay {
+    pub store: EventStore,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub batch: i64,
+    /// Notified by this process's writer after each commit.
+    pub committed: Arc<Notify>,
+}
+
+impl Relay {
+    /// Runs until `shutdown` turns true, then flushes the producer.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut listener = self.listen().await;
+        while !*shutdown.borrow() {
+            match self.store.try_lease_outbox().await {
+                Ok(Some(lease)) => {
+                    tracing::info!("outbox lease acquired: this instance relays");
+                    if let Err(error) = self.relay(lease, &mut listener, &mut shutdown).await {
+                        tracing::warn!(%error, "relay lost its lease or its database; retrying");
+                    }
+                }
+                Ok(None) => tracing::debug!("another instance relays"),
+                Err(error) => tracing::warn!(%error, "cannot reach the event store"),
+            }
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                () = tokio::time::sleep(BACKOFF) => {}
+            }
+        }
+        if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
+            tracing::warn!(%error, "producer flush on shutdown failed");
+        }
+    }
+
+    /// LISTEN for commits of other instances; without it the relay still
+    /// works, woken by its own writer and the idle poll.
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(self.store.pool()).await.ok()?;
+        listener.listen("outbox").await.ok()?;
+        Some(listener)
+    }
+
+    async fn relay(
+        &self,
+        mut lease: OutboxLease,
+        listener: &mut Option<PgListener>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), EventStoreError> {
+        while !*shutdown.borrow() {
+            let batch = lease.next_batch(self.batch).await?;
+            if batch.is_empty() {
+                tokio::select! {
+                    () = self.committed.notified() => {}
+                    _ = recv_notification(listener) => {}
+                    () = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let (delivered, failure) = self.publish(&batch).await;
+            if !delivered.is_empty() {
+                lease.acknowledge(&delivered).await?;
+            }
+            if let Some(error) = failure {
+                tracing::warn!(%error, pending = batch.len() - delivered.len(), "publishing to Kafka failed; will retry");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+        lease.release().await;
+        Ok(())
+    }
+
+    /// Sends a batch; returns the positions Kafka acknowledged and the first error.
+    /// Messages are enqueued strictly in batch order, which the idempotent
+    /// producer preserves per partition.
+    async fn publish(&self, batch: &[StoredEvent]) -> (Vec<i64>, Option<KafkaError>) {
+        let mut in_flight: Vec<(i64, DeliveryFuture)> = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        for event in batch {
+            let key = event.aggregate_id.to_string();
+            let payload = messaging::encode(&envelope(event));
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: messaging::HEADER_EVENT_TYPE,
+                value: Some(event.event_type.as_str()),
+            });
+            if let Some(request_id) = event.metadata.get("request_id").and_then(|v| v.as_str()) {
+                headers = headers.insert(Header {
+                    key: messaging::HEADER_REQUEST_ID,
+                    value: Some(request_id),
+                });
+            }
+            let record = FutureRecord::to(&self.topic)
+                .key(&key)
+                .payload(&payload)
+                .headers(headers);
+            match self.producer.send_result(record) {
+                Ok(delivery) => in_flight.push((event.position, delivery)),
+                Err((error, _)) => {
+                    // Stop enqueueing: later events of the same warrior must not overtake this one.
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut delivered = Vec::with_capacity(in_flight.len());
+        for (position, delivery) in in_flight {
+            match delivery.await {
+                Ok(Ok(_)) => delivered.push(position),
+                Ok(Err((error, _))) => {
+                    failure.get_or_insert(error);
+                }
+                Err(_) => {
+                    failure.get_or_insert(KafkaError::Canceled);
+                }
+            }
+        }
+        (delivered, failure)
+    }
+}
+
+async fn recv_notification(listener: &mut Option<PgListener>) {
+    match listener {
+        Some(l) => {
+            if l.recv().await.is_err() {
+                // Connection trouble: PgListener reconnects on the next call;
+                // avoid spinning meanwhile.
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The wire form of a stored event.
+pub fn envelope(event: &StoredEvent) -> EventEnvelope {
+    EventEnvelope {
+        event_id: event.event_id,
+        event_type: event.event_type.clone(),
+        aggregate_id: event.aggregate_id,
+        version: event.version,
+        schema_version: event.schema_version,
+        occurred_at: event.occurred_at,
+        data: event.data.clone(),
+    }
+}

@@ -1,0 +1,67 @@
+//! Exclusive access to the outbox for one relay at a time.
+//!
+//! The lease is a session-level advisory lock held on a dedicated connection:
+//! if the holder crashes or its connection drops, PostgreSQL releases the lock
+//! and another instance takes over. All outbox reads and deletes run on that
+//! same connection, so a relay that lost its lease also loses its ability to
+//! act on the outbox.
+
+use sqlx::{Connection, PgConnection};
+
+use crate::{EventStore, EventStoreError, StoredEvent};
+
+/// Advisory lock key of the relay ("outbox" in ASCII).
+const RELAY_LOCK_KEY: i64 = 0x6f_75_74_62_6f_78;
+
+/// Held by the single active relay.
+#[derive(Debug)]
+pub struct OutboxLease {
+    conn: PgConnection,
+}
+
+impl EventStore {
+    /// Tries to become the active relay. `Ok(None)`: another instance holds it.
+    pub async fn try_lease_outbox(&self) -> Result<Option<OutboxLease>, EventStoreError> {
+        let mut conn = self.pool().acquire().await?.detach();
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut conn)
+            .await?;
+        if acquired {
+            Ok(Some(OutboxLease { conn }))
+        } else {
+            // Closing explicitly keeps the pool's count honest.
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+}
+
+impl OutboxLease {
+    /// The oldest unpublished events, in commit-safe position order: per
+    /// stream, a later version is always at a later position.
+    pub async fn next_batch(&mut self, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT {} FROM outbox JOIN events USING (position) ORDER BY position LIMIT $1",
+            EventStore::event_columns()
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(limit)
+            .fetch_all(&mut self.conn)
+            .await?)
+    }
+
+    /// Forgets events that Kafka has acknowledged.
+    pub async fn acknowledge(&mut self, positions: &[i64]) -> Result<(), EventStoreError> {
+        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+            .bind(positions)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Gives the lease up (on shutdown) so another instance can take over at once.
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+}

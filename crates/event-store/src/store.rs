@@ -1,0 +1,188 @@
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::EventStoreError;
+
+/// An event to append. `version` is the stream's expected version + 1; the
+/// append only succeeds if no event of that stream holds it yet.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub aggregate_id: Uuid,
+    pub version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub data: Value,
+    /// Request id, idempotency key and the like: kept for audit, never interpreted.
+    pub metadata: Value,
+}
+
+/// An event as stored, with its global position.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub event_id: Uuid,
+    pub aggregate_id: Uuid,
+    pub version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub occurred_at: DateTime<Utc>,
+    pub data: Value,
+    pub metadata: Value,
+}
+
+/// Result of appending one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppendOutcome {
+    Committed {
+        position: i64,
+        occurred_at: DateTime<Utc>,
+    },
+    /// Another event already holds this stream version (or this event id).
+    Conflict,
+}
+
+/// The newest event of a stream: enough to decide what a command may do.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct StreamHead {
+    pub version: i64,
+    pub event_type: String,
+}
+
+/// Handle on the event-store database. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+const EVENT_COLUMNS: &str =
+    "position, event_id, aggregate_id, version, event_type, schema_version, occurred_at, data, metadata";
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends a batch in one autocommit statement (one round trip) and queues
+    /// the committed events in the outbox. A conflicting event is skipped and
+    /// reported; it never fails the others.
+    pub async fn append_batch(
+        &self,
+        events: &[NewEvent],
+    ) -> Result<Vec<AppendOutcome>, EventStoreError> {
+        let mut event_ids = Vec::with_capacity(events.len());
+        let mut aggregate_ids = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut schema_versions = Vec::with_capacity(events.len());
+        let mut data = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        for e in events {
+            event_ids.push(e.event_id);
+            aggregate_ids.push(e.aggregate_id);
+            versions.push(e.version);
+            types.push(e.event_type.as_str());
+            schema_versions.push(e.schema_version);
+            data.push(&e.data);
+            metadata.push(&e.metadata);
+        }
+        let rows: Vec<(Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
+            "WITH inserted AS (
+                 INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data, metadata)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_id, position, occurred_at
+             ), queued AS (
+                 INSERT INTO outbox (position) SELECT position FROM inserted
+             )
+             SELECT event_id, position, occurred_at FROM inserted",
+        )
+        .bind(&event_ids)
+        .bind(&aggregate_ids)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&data)
+        .bind(&metadata)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let committed: HashMap<Uuid, (i64, DateTime<Utc>)> = rows
+            .into_iter()
+            .map(|(id, position, at)| (id, (position, at)))
+            .collect();
+        Ok(events
+            .iter()
+            .map(|e| match committed.get(&e.event_id) {
+                Some(&(position, occurred_at)) => AppendOutcome::Committed {
+                    position,
+                    occurred_at,
+                },
+                None => AppendOutcome::Conflict,
+            })
+            .collect())
+    }
+
+    /// All events of one stream, in version order.
+    pub async fn read_stream(
+        &self,
+        aggregate_id: Uuid,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql =
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY version");
+        Ok(sqlx::query_as(&sql)
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The newest event of a stream, or `None` for a stream never written.
+    pub async fn stream_head(
+        &self,
+        aggregate_id: Uuid,
+    ) -> Result<Option<StreamHead>, EventStoreError> {
+        Ok(sqlx::query_as(
+            "SELECT version, event_type FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(aggregate_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Events at or after `position`, in position order. Only safe as a full
+    /// replay source once writers have stopped (e.g. a rebuild run against a
+    /// quiet store or followed by catching up from Kafka).
+    pub async fn read_all_from(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(position)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Events committed but not yet acknowledged by Kafka.
+    pub async fn outbox_len(&self) -> Result<i64, EventStoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(crate) fn event_columns() -> &'static str {
+        EVENT_COLUMNS
+    }
+}

@@ -1,0 +1,11 @@
+//! HTTP building blocks both services share, so they answer, log and stop the
+//! same way: problem+json errors, a JSON body extractor with the contract's
+//! 413/415 rules, request ids, tracing set-up and graceful shutdown.
+
+mod body;
+mod problem;
+mod telemetry;
+
+pub use body::{JsonBody, MAX_BODY_BYTES};
+pub use problem::{Problem, PROBLEM_JSON};
+pub use telemetry::{init_tracing, shutdown_signal, with_common_layers, REQUEST_ID};

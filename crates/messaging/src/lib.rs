@@ -1,0 +1,105 @@
+//! Kafka plumbing shared by the relay (producer) and the projector (consumer):
+//! client settings chosen once, and the envelope's encoding on the wire.
+
+use rdkafka::ClientConfig;
+use shared_kernel::EventEnvelope;
+use thiserror::Error;
+
+/// Header carrying the id of the HTTP request that caused the event.
+pub const HEADER_REQUEST_ID: &str = "request-id";
+/// Header repeating the event type, so tools can filter without parsing JSON.
+pub const HEADER_EVENT_TYPE: &str = "event-type";
+/// Headers added to a message sent to the dead-letter topic.
+pub const HEADER_DLQ_ERROR: &str = "dlq-error";
+pub const HEADER_DLQ_SOURCE: &str = "dlq-source";
+
+/// Dead-letter topic of a topic.
+pub fn dlq_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Settings of the relay's producer.
+///
+/// Idempotence keeps per-partition order and drops broker-side duplicates of
+/// internal retries (it implies `acks=all`). murmur2 matches the Java client's
+/// partitioner, so Java tools agree on which partition a warrior lives in. A
+/// bounded `message.timeout.ms` makes an unreachable broker surface as an
+/// error the relay retries, instead of a send that hangs for minutes.
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", "10000")
+        .set("socket.keepalive.enable", "true");
+    config
+}
+
+/// Settings of the projector's consumer.
+///
+/// Offsets are never auto-committed: progress is recorded in the read-model
+/// database in the same transaction as the rows, and committed to Kafka only
+/// afterwards, for monitoring and as the restart point.
+pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", "5")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000");
+    config
+}
+
+/// A message payload that is not an event envelope.
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("message has no payload")]
+    Empty,
+    #[error("payload is not an event envelope: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Encodes an envelope as the JSON payload documented in docs/EVENTS.md.
+pub fn encode(envelope: &EventEnvelope) -> Vec<u8> {
+    // Serialising a struct of plain fields into a Vec cannot fail.
+    serde_json::to_vec(envelope).unwrap_or_default()
+}
+
+/// Decodes a message payload into an envelope.
+pub fn decode(payload: Option<&[u8]>) -> Result<EventEnvelope, DecodeError> {
+    let bytes = payload.ok_or(DecodeError::Empty)?;
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips() {
+        let envelope = EventEnvelope {
+            event_id: uuid::Uuid::new_v4(),
+            event_type: "WarriorDeleted".into(),
+            aggregate_id: uuid::Uuid::new_v4(),
+            version: 3,
+            schema_version: 1,
+            occurred_at: chrono::Utc::now(),
+            data: serde_json::json!({}),
+        };
+        assert_eq!(decode(Some(&encode(&envelope))).expect("decodes"), envelope);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(matches!(decode(None), Err(DecodeError::Empty)));
+        assert!(matches!(decode(Some(b"{")), Err(DecodeError::Json(_))));
+    }
+}

@@ -1,0 +1,137 @@
+//! Runtime configuration: every setting is a flag and an environment
+//! variable, with defaults that match the local stack (`./dev up`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Projects warrior events from Kafka into the read model and serves
+/// lookups, search and counts.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "query-service", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve HTTP and run the projector (the default).
+    Serve,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "LISTEN_ADDR",
+        default_value = "127.0.0.1:8092",
+        global = true
+    )]
+    pub listen_addr: SocketAddr,
+
+    /// Read-model database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://hammer:hammer@127.0.0.1:5434/readmodel",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Event-store database: consulted to tell "not projected yet" from "unknown".
+    #[arg(
+        long,
+        env = "EVENT_STORE_URL",
+        default_value = "postgres://hammer:hammer@127.0.0.1:5433/eventstore",
+        global = true
+    )]
+    pub event_store_url: String,
+
+    /// Size of each connection pool.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub database_max_connections: u32,
+
+    /// How long a request may wait for a database connection before it gets 503.
+    #[arg(
+        long,
+        env = "DATABASE_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub database_timeout_ms: u64,
+
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        default_value = "127.0.0.1:9092",
+        global = true
+    )]
+    pub kafka_brokers: String,
+
+    /// Topic the events are read from.
+    #[arg(
+        long,
+        env = "KAFKA_TOPIC",
+        default_value = "warrior-events",
+        global = true
+    )]
+    pub kafka_topic: String,
+
+    /// Consumer group of the projector.
+    #[arg(
+        long,
+        env = "KAFKA_GROUP",
+        default_value = "warrior-read-projection",
+        global = true
+    )]
+    pub kafka_group: String,
+
+    /// Most events applied in one read-model transaction.
+    #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 500, global = true)]
+    pub projector_batch: usize,
+
+    /// Longest a lookup waits for the projection to catch up with a write
+    /// that was already acknowledged (read your writes).
+    #[arg(
+        long,
+        env = "READ_YOUR_WRITES_TIMEOUT_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub read_your_writes_timeout_ms: u64,
+
+    /// Upper bound on any request's handling time.
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub request_timeout_ms: u64,
+}
+
+impl Config {
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_timeout_ms)
+    }
+
+    pub fn read_your_writes_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_your_writes_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}

@@ -1,0 +1,45 @@
+//! The one place where query-side failures become HTTP responses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_kit::Problem;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("no such warrior")]
+    NotFound,
+    #[error("query parameter t must contain a non-blank search term")]
+    MissingTerm,
+    #[error("the projection has not caught up with an acknowledged write yet")]
+    ProjectionLagging,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = match &self {
+            Self::NotFound => Problem::new(StatusCode::NOT_FOUND, self.to_string()),
+            Self::MissingTerm => Problem::typed(
+                StatusCode::BAD_REQUEST,
+                "missing-term",
+                "Missing search term",
+                self.to_string(),
+            )
+            .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
+            Self::ProjectionLagging => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
+            Self::Database(error) => {
+                // Logged in full here, never shown to the client.
+                tracing::error!(%error, "read model unavailable");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the read model is unavailable; retry later",
+                )
+            }
+        };
+        problem.into_response()
+    }
+}

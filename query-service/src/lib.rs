@@ -1,0 +1,174 @@
+//! query-service: projects warrior events from Kafka into the read model and
+//! serves lookups (reading your own writes), search and counts.
+
+pub mod config;
+pub mod error;
+pub mod projector;
+pub mod read_model;
+pub mod routes;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use event_store::EventStore;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::{FutureProducer, Producer};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::projector::Projector;
+use crate::read_model::{Lookup, ReadModel};
+
+/// Migrations of the read-model database, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
+
+/// How often a read-your-writes waiter re-checks even without a local
+/// signal (another instance's projector may have applied the event).
+const RYW_RECHECK: Duration = Duration::from_millis(20);
+
+/// Everything a handler may touch, passed explicitly through axum's `State`.
+#[derive(Clone)]
+pub struct AppState {
+    pub read_model: ReadModel,
+    pub event_store: EventStore,
+    pub applied: watch::Receiver<u64>,
+    pub read_your_writes_timeout: Duration,
+    pub kafka: FutureProducer,
+    pub topic: String,
+}
+
+impl AppState {
+    /// Looks a warrior up, waiting (bounded) when the event store holds a
+    /// newer version than the read model: a write that was acknowledged is
+    /// never answered with a 404. Unknown ids cost one indexed query more.
+    pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
+        let mut lookup = self.read_model.lookup(id).await?;
+        if matches!(lookup, Lookup::Live(_)) {
+            return Ok(lookup);
+        }
+        let head = match self.event_store.stream_head(id).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return Ok(lookup),
+            Err(error) => {
+                tracing::warn!(%error, "event store unreachable; answering from the read model alone");
+                return Ok(lookup);
+            }
+        };
+        let deadline = Instant::now() + self.read_your_writes_timeout;
+        let mut applied = self.applied.clone();
+        while lookup.version() < Some(head.version) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ApiError::ProjectionLagging);
+            }
+            tokio::select! {
+                _ = applied.changed() => {}
+                () = tokio::time::sleep(RYW_RECHECK.min(deadline - now)) => {}
+            }
+            lookup = self.read_model.lookup(id).await?;
+        }
+        Ok(lookup)
+    }
+
+    /// Whether the Kafka cluster answers a metadata request.
+    pub async fn kafka_reachable(&self) -> bool {
+        let client = self.kafka.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            client
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The routes, apart from how they are served.
+pub fn app(state: AppState, config: &Config) -> Router {
+    let routes = Router::new()
+        .route("/warrior", get(routes::search))
+        .route("/warrior/{id}", get(routes::get_warrior))
+        .route("/counting-warriors", get(routes::count))
+        .route("/api/v1/queries/warriors", get(routes::search_v1))
+        .route("/api/v1/queries/warriors/{id}", get(routes::get_warrior))
+        .route("/api/v1/queries/counting-warriors", get(routes::count))
+        .route("/api/v1/queries/health", get(routes::health))
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .with_state(state);
+    http_kit::with_common_layers(routes, config.request_timeout())
+}
+
+fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy(url)
+        .context("invalid database URL")
+}
+
+/// Connects, migrates, starts the projector, and serves until a shutdown
+/// signal; then drains requests and stops the projector between batches.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let read_pool = pool(&config, &config.database_url)?;
+    MIGRATOR
+        .run(&read_pool)
+        .await
+        .context("cannot migrate the read model")?;
+    let read_model = ReadModel::new(read_pool);
+    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+
+    let consumer: StreamConsumer =
+        messaging::consumer_config(&config.kafka_brokers, &config.kafka_group)
+            .create()
+            .context("cannot create the Kafka consumer")?;
+    let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
+        .create()
+        .context("cannot create the Kafka producer")?;
+    let (applied_tx, applied_rx) = watch::channel(0_u64);
+    let (stop_projector, projector_stop_rx) = watch::channel(false);
+    let projector = Projector {
+        consumer,
+        dlq_producer: producer.clone(),
+        read_model: read_model.clone(),
+        topic: config.kafka_topic.clone(),
+        max_batch: config.projector_batch,
+        applied: applied_tx,
+    };
+    let projector_task = tokio::spawn(projector.run(projector_stop_rx));
+
+    let state = AppState {
+        read_model,
+        event_store,
+        applied: applied_rx,
+        read_your_writes_timeout: config.read_your_writes_timeout(),
+        kafka: producer,
+        topic: config.kafka_topic.clone(),
+    };
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "query-service listening");
+    axum::serve(listener, app(state, &config))
+        .with_graceful_shutdown(http_kit::shutdown_signal())
+        .await?;
+
+    let _ = stop_projector.send(true);
+    match projector_task.await {
+        Ok(Err(error)) => tracing::error!(%error, "projector failed"),
+        Err(error) => tracing::error!(%error, "projector panicked"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("query-service stopped");
+    Ok(())
+}

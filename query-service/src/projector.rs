@@ -1,0 +1,205 @@
+//! The projector: consumes `warrior-events` and applies them to the read model
+//! in batches, one transaction per batch.
+//!
+//! Exactly-once *effect*: each row remembers the newest version applied and
+//! ignores anything not newer, and the consumed offsets are written in the
+//! same transaction. Kafka offsets are committed only after that transaction,
+//! so a crash at any point replays events that change nothing, and never
+//! skips one. Undecodable events go to the dead-letter topic with the reason.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::read_model::{Applicable, PartitionOffset, ReadModel};
+
+const BACKOFF: Duration = Duration::from_millis(500);
+
+pub struct Projector {
+    pub consumer: StreamConsumer,
+    pub dlq_producer: FutureProducer,
+    pub read_model: ReadModel,
+    pub topic: String,
+    pub max_batch: usize,
+    /// Bumped after every applied batch; read-your-writes waiters watch it.
+    pub applied: watch::Sender<u64>,
+}
+
+/// One consumed message, decoded or not.
+struct Received {
+    partition: i32,
+    offset: i64,
+    decoded: Result<Applicable, String>,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+impl Received {
+    fn from_message(message: &BorrowedMessage<'_>) -> Self {
+        let decoded = messaging::decode(message.payload())
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| {
+                let event = envelope.event().map_err(|e| e.to_string())?;
+                Ok(Applicable {
+                    aggregate_id: envelope.aggregate_id,
+                    version: envelope.version,
+                    occurred_at: envelope.occurred_at,
+                    event,
+                })
+            });
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            decoded,
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+impl Projector {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        self.consumer.subscribe(&[&self.topic])?;
+        loop {
+            let first = tokio::select! {
+                message = self.consumer.recv() => message,
+                _ = shutdown.changed() => break,
+            };
+            let mut batch = match first {
+                Ok(message) => vec![Received::from_message(&message)],
+                Err(error) => {
+                    tracing::warn!(%error, "Kafka consumer error");
+                    tokio::time::sleep(BACKOFF).await;
+                    continue;
+                }
+            };
+            // Take whatever else is already fetched, without waiting.
+            while batch.len() < self.max_batch {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => batch.push(Received::from_message(&message)),
+                    _ => break,
+                }
+            }
+            if !self.process(batch, &mut shutdown).await {
+                break;
+            }
+        }
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+
+    /// Applies one batch; returns false if shutdown interrupted it (nothing
+    /// of it is then committed, so it will be consumed again).
+    async fn process(&self, batch: Vec<Received>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let offsets = next_offsets(&batch);
+        let mut events = Vec::with_capacity(batch.len());
+        for received in batch {
+            match received.decoded {
+                Ok(event) => events.push(event),
+                Err(reason) => {
+                    self.dead_letter(
+                        received.partition,
+                        received.offset,
+                        &reason,
+                        received.key,
+                        received.payload,
+                    )
+                    .await
+                }
+            }
+        }
+        loop {
+            match self.read_model.apply(&self.topic, &events, &offsets).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot apply batch to the read model; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(BACKOFF) => {}
+                        _ = shutdown.changed() => return false,
+                    }
+                }
+            }
+        }
+        self.applied.send_modify(|n| *n = n.wrapping_add(1));
+        self.commit(&offsets);
+        true
+    }
+
+    /// Records progress in Kafka too, for monitoring and as the restart point.
+    fn commit(&self, offsets: &[PartitionOffset]) {
+        let mut list = TopicPartitionList::new();
+        for o in offsets {
+            if let Err(error) =
+                list.add_partition_offset(&self.topic, o.partition, Offset::Offset(o.next_offset))
+            {
+                tracing::warn!(%error, "bad offset");
+            }
+        }
+        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+            tracing::warn!(%error, "Kafka offset commit failed; the database keeps the truth");
+        }
+    }
+
+    /// Sends an undecodable message to the dead-letter topic, with the reason
+    /// and its origin in headers, then lets the projector move on.
+    async fn dead_letter(
+        &self,
+        partition: i32,
+        offset: i64,
+        reason: &str,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+    ) {
+        tracing::error!(
+            partition,
+            offset,
+            reason,
+            "poison message sent to the dead-letter topic"
+        );
+        let source = format!("{}/{partition}/{offset}", self.topic);
+        let dlq = messaging::dlq_topic(&self.topic);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: messaging::HEADER_DLQ_ERROR,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: messaging::HEADER_DLQ_SOURCE,
+                value: Some(source.as_str()),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
+        if let Some(key) = key.as_deref() {
+            record = record.key(key);
+        }
+        if let Some(payload) = payload.as_deref() {
+            record = record.payload(payload);
+        }
+        if let Err((error, _)) = self
+            .dlq_producer
+            .send(record, Duration::from_secs(10))
+            .await
+        {
+            tracing::error!(%error, source, "could not write to the dead-letter topic");
+        }
+    }
+}
+
+/// Last offset + 1 per partition: the next offset to read.
+fn next_offsets(batch: &[Received]) -> Vec<PartitionOffset> {
+    let mut offsets: Vec<PartitionOffset> = Vec::new();
+    for r in batch {
+        match offsets.iter_mut().find(|o| o.partition == r.partition) {
+            Some(o) => o.next_offset = o.next_offset.max(r.offset + 1),
+            None => offsets.push(PartitionOffset {
+                partition: r.partition,
+                next_offset: r.offset + 1,
+            }),
+        }
+    }
+    offsets
+}

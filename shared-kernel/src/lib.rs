@@ -1,0 +1,12 @@
+//! The warrior domain shared by both services: what a warrior is, which
+//! inputs are acceptable, and the events that record its life.
+//!
+//! Nothing here performs I/O; "today" is passed in so validation stays pure.
+
+pub mod events;
+pub mod validation;
+pub mod warrior;
+
+pub use events::{EventEnvelope, UnknownEventType, WarriorEvent, WarriorState, SCHEMA_VERSION};
+pub use validation::{parse_warrior, FieldErrors, InputError};
+pub use warrior::{DateOfBirth, FightSkill, FightSkills, Warrior, WarriorDraft, WarriorName};

@@ -1,0 +1,212 @@
+//! Value objects of a warrior. Each constructor is the single place its rule
+//! lives, so an invalid value cannot be built anywhere else.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Longest accepted name, in characters (not bytes).
+pub const MAX_NAME_CHARS: usize = 100;
+/// Longest accepted fight skill, in characters.
+pub const MAX_SKILL_CHARS: usize = 50;
+/// Most fight skills one warrior may list.
+pub const MAX_SKILLS: usize = 100;
+
+/// A name with at least one non-blank character and at most 100 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WarriorName(String);
+
+impl WarriorName {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.trim().is_empty() {
+            return Err("must contain a non-blank character");
+        }
+        if raw.chars().count() > MAX_NAME_CHARS {
+            return Err("must be at most 100 characters");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WarriorName {
+    type Error = &'static str;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<WarriorName> for String {
+    fn from(value: WarriorName) -> Self {
+        value.0
+    }
+}
+
+/// A real calendar date written `YYYY-MM-DD`, not after "today".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DateOfBirth(NaiveDate);
+
+impl DateOfBirth {
+    /// Accepts only the strict ten-character form, so `"12-12-2000"` or
+    /// `"2000-1-1"` are rejected rather than guessed at.
+    pub fn parse(raw: &str, today: NaiveDate) -> Result<Self, &'static str> {
+        let bytes = raw.as_bytes();
+        let shape_ok = bytes.len() == 10
+            && bytes[4] == b'-'
+            && bytes[7] == b'-'
+            && bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+        if !shape_ok {
+            return Err("must be a date written YYYY-MM-DD");
+        }
+        let date = NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .map_err(|_| "must be a real calendar date")?;
+        if date > today {
+            return Err("must not be in the future");
+        }
+        Ok(Self(date))
+    }
+
+    pub fn date(&self) -> NaiveDate {
+        self.0
+    }
+}
+
+/// One non-blank skill of at most 50 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FightSkill(String);
+
+impl FightSkill {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        if raw.trim().is_empty() {
+            return Err("must contain a non-blank character");
+        }
+        if raw.chars().count() > MAX_SKILL_CHARS {
+            return Err("must be at most 50 characters");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FightSkill {
+    type Error = &'static str;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<FightSkill> for String {
+    fn from(value: FightSkill) -> Self {
+        value.0
+    }
+}
+
+/// Up to 100 skills; duplicates are allowed, order is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FightSkills(Vec<FightSkill>);
+
+impl FightSkills {
+    pub fn new(skills: Vec<FightSkill>) -> Result<Self, &'static str> {
+        if skills.len() > MAX_SKILLS {
+            return Err("must list at most 100 skills");
+        }
+        Ok(Self(skills))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &FightSkill> {
+        self.0.iter()
+    }
+
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0.iter().map(|s| s.0.clone()).collect()
+    }
+}
+
+/// A validated create or replace command: everything but identity and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarriorDraft {
+    pub name: WarriorName,
+    pub dob: DateOfBirth,
+    pub fight_skills: FightSkills,
+}
+
+/// The warrior resource as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warrior {
+    pub id: Uuid,
+    pub name: String,
+    pub dob: NaiveDate,
+    pub fight_skills: Vec<String>,
+    pub version: i64,
+}
+
+impl Warrior {
+    pub fn from_draft(id: Uuid, version: i64, draft: &WarriorDraft) -> Self {
+        Self {
+            id,
+            name: draft.name.as_str().to_owned(),
+            dob: draft.dob.date(),
+            fight_skills: draft.fight_skills.to_strings(),
+            version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 25).expect("valid date")
+    }
+
+    #[test]
+    fn name_counts_characters_not_bytes() {
+        let hundred_wide = "é".repeat(100);
+        assert!(WarriorName::parse(&hundred_wide).is_ok());
+        assert!(WarriorName::parse(&"é".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn dob_accepts_today_and_rejects_tomorrow() {
+        assert!(DateOfBirth::parse("2026-11-25", today()).is_ok());
+        assert_eq!(
+            DateOfBirth::parse("2026-11-26", today()),
+            Err("must not be in the future")
+        );
+    }
+
+    #[test]
+    fn dob_rejects_loose_shapes() {
+        for raw in [
+            "2000-1-01",
+            " 2000-01-01",
+            "2000/01/01",
+            "20000-01-01",
+            "+200-01-01",
+        ] {
+            assert!(DateOfBirth::parse(raw, today()).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn skills_allow_duplicates_and_keep_order() {
+        let skills = FightSkills::new(vec![
+            FightSkill::parse("Katana").expect("valid"),
+            FightSkill::parse("Katana").expect("valid"),
+        ])
+        .expect("two skills");
+        assert_eq!(skills.to_strings(), vec!["Katana", "Katana"]);
+    }
+}
