@@ -1,1 +1,131 @@
+//! Helpers for tests that run against the real stack started by `./dev up`
+//! (or `./dev test`, which starts it): addresses from the environment, a
+//! deadline-bounded poll, and warrior payloads.
 
+use std::future::Future;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Where the running stack is, from the variables `./dev env` prints.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub gateway: String,
+    pub command: String,
+    pub query: String,
+    pub event_store_url: String,
+    pub read_model_url: String,
+    pub dev_script: String,
+    pub http: reqwest::Client,
+}
+
+fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        Self {
+            gateway: var("GATEWAY_URL", "http://127.0.0.1:9999"),
+            command: var("COMMAND_URL", "http://127.0.0.1:8091"),
+            query: var("QUERY_URL", "http://127.0.0.1:8092"),
+            event_store_url: var(
+                "EVENT_STORE_URL",
+                "postgres://hammer:hammer@127.0.0.1:5433/eventstore",
+            ),
+            read_model_url: var(
+                "READ_MODEL_URL",
+                "postgres://hammer:hammer@127.0.0.1:5434/readmodel",
+            ),
+            dev_script: var(
+                "API_HAMMER_DEV",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../dev"),
+            ),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .expect("HTTP client"),
+        }
+    }
+
+    /// `url` relative to the gateway.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    /// POSTs a JSON value to the gateway.
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.at(path))
+            .json(body)
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
+    /// GETs a path from the gateway.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.at(path))
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
+    /// Creates a warrior through the gateway and returns its body.
+    pub async fn create(&self, body: &Value) -> Value {
+        let response = self.post_json("/warrior", body).await;
+        assert_eq!(response.status(), 201, "create failed");
+        response.json().await.expect("warrior JSON")
+    }
+
+    /// The live count as the gateway reports it.
+    pub async fn count(&self) -> i64 {
+        let body: Value = self
+            .get("/counting-warriors")
+            .await
+            .json()
+            .await
+            .expect("count JSON");
+        body["count"].as_i64().expect("count is a number")
+    }
+
+    /// Runs `./dev <args>` and asserts it succeeded.
+    pub fn dev(&self, args: &[&str]) {
+        let status = std::process::Command::new(&self.dev_script)
+            .args(args)
+            .status()
+            .expect("dev script runs");
+        assert!(status.success(), "./dev {} failed", args.join(" "));
+    }
+}
+
+/// Polls `probe` until it yields `Some`, or panics with `what` at the deadline.
+pub async fn poll_until<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A valid create body with a name unique to this call.
+pub fn new_warrior() -> Value {
+    json!({
+        "name": format!("Test {}", Uuid::new_v4().simple()),
+        "dob": "1584-03-12",
+        "fight_skills": ["Katana", "Niten Ichi-ryu"],
+    })
+}

@@ -1,0 +1,215 @@
+//! Update, delete, optimistic concurrency, idempotency and history, through
+//! the gateway against the real stack.
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+use test_kit::{new_warrior, Stack};
+
+async fn put(stack: &Stack, id: &str, body: &Value, if_match: Option<&str>) -> reqwest::Response {
+    let mut request = stack
+        .http
+        .put(stack.at(&format!("/warrior/{id}")))
+        .json(body);
+    if let Some(tag) = if_match {
+        request = request.header("if-match", tag);
+    }
+    request.send().await.expect("reachable")
+}
+
+async fn delete(stack: &Stack, id: &str, if_match: Option<&str>) -> reqwest::Response {
+    let mut request = stack.http.delete(stack.at(&format!("/warrior/{id}")));
+    if let Some(tag) = if_match {
+        request = request.header("if-match", tag);
+    }
+    request.send().await.expect("reachable")
+}
+
+fn id_of(warrior: &Value) -> String {
+    warrior["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test]
+async fn replace_bumps_the_version_and_is_read_back() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    let replacement = json!({"name": "Renamed", "dob": "1600-01-01", "fight_skills": null});
+    let response = put(&stack, &id, &replacement, Some("\"1\"")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["etag"], "\"2\"");
+    let updated: Value = response.json().await.expect("JSON");
+    assert_eq!(updated["version"], 2);
+    assert_eq!(updated["fight_skills"], json!([]));
+
+    // Read your writes holds for updates too, for the very first GET.
+    let read: Value = stack
+        .get(&format!("/warrior/{id}"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(read, updated);
+}
+
+#[tokio::test]
+async fn replace_is_validated_like_create() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    let response = put(&stack, &id, &json!({"name": "", "dob": "2000-01-01"}), None).await;
+    assert_eq!(response.status(), 422);
+    let response = put(&stack, &id, &json!({"name": "A", "dob": 1}), None).await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn stale_if_match_is_a_412_and_writes_nothing() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    let response = put(&stack, &id, &new_warrior(), Some("\"7\"")).await;
+    assert_eq!(response.status(), 412);
+    let response = delete(&stack, &id, Some("\"2\"")).await;
+    assert_eq!(response.status(), 412);
+    let history: Vec<Value> = stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(history.len(), 1);
+}
+
+#[tokio::test]
+async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    let attempts = (0..50).map(|_| {
+        let body = new_warrior();
+        let stack = &stack;
+        let id = &id;
+        async move { put(stack, id, &body, Some("\"1\"")).await.status().as_u16() }
+    });
+    let mut statuses = join_all(attempts).await;
+    statuses.sort_unstable();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 412).count(),
+        49,
+        "{statuses:?}"
+    );
+    let history: Vec<Value> = stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(history.len(), 2);
+}
+
+#[tokio::test]
+async fn concurrent_puts_without_if_match_all_apply_in_sequence() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    let attempts = (0..10).map(|_| {
+        let body = new_warrior();
+        let stack = &stack;
+        let id = &id;
+        async move { put(stack, id, &body, None).await.status().as_u16() }
+    });
+    let statuses = join_all(attempts).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let history: Vec<Value> = stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let versions: Vec<i64> = history
+        .iter()
+        .map(|e| e["version"].as_i64().expect("version"))
+        .collect();
+    assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn delete_hides_the_warrior_but_keeps_its_history() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    assert_eq!(delete(&stack, &id, Some("\"1\"")).await.status(), 204);
+    // Read your writes: the first GET after the 204 already says 404.
+    assert_eq!(stack.get(&format!("/warrior/{id}")).await.status(), 404);
+    assert_eq!(delete(&stack, &id, None).await.status(), 404);
+    assert_eq!(put(&stack, &id, &new_warrior(), None).await.status(), 404);
+
+    let history: Vec<Value> = stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    let types: Vec<&str> = history
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["WarriorCreated", "WarriorDeleted"]);
+    for event in &history {
+        for field in ["event_id", "version", "occurred_at", "data"] {
+            assert!(event.get(field).is_some(), "{field} missing in {event}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_warriors_cannot_be_changed() {
+    let stack = Stack::from_env();
+    let id = uuid::Uuid::new_v4().to_string();
+    assert_eq!(put(&stack, &id, &new_warrior(), None).await.status(), 404);
+    assert_eq!(delete(&stack, &id, None).await.status(), 404);
+    assert_eq!(
+        stack.get(&format!("/warrior/{id}/events")).await.status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn a_retried_post_with_the_same_idempotency_key_creates_once() {
+    let stack = Stack::from_env();
+    let key = uuid::Uuid::new_v4().to_string();
+    let body = new_warrior();
+    let send = |body: Value| {
+        let stack = &stack;
+        let key = key.clone();
+        async move {
+            stack
+                .http
+                .post(stack.at("/warrior"))
+                .header("idempotency-key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("reachable")
+        }
+    };
+    let first = send(body.clone()).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.expect("JSON");
+    let again = send(body.clone()).await;
+    assert_eq!(again.status(), 201);
+    let again: Value = again.json().await.expect("JSON");
+    assert_eq!(again, first);
+
+    let id = id_of(&first);
+    let history: Vec<Value> = stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(history.len(), 1, "a repeat must append nothing");
+
+    let other = send(new_warrior()).await;
+    assert_eq!(other.status(), 422);
+    assert_eq!(other.headers()["content-type"], "application/problem+json");
+}

@@ -1,0 +1,104 @@
+//! Crash safety of the command side: an acknowledged write survives a
+//! `kill -9` of command-service between commit and publish, and still
+//! reaches Kafka and the read model once a relay runs again.
+//!
+//! Its own test binary, so stopping the stack's command-service cannot
+//! disturb other tests (cargo runs test binaries one after another).
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use test_kit::{new_warrior, poll_until, Stack};
+
+const SPARE_ADDR: &str = "127.0.0.1:18091";
+
+async fn outbox_holds(pool: &PgPool, id: uuid::Uuid) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox JOIN events USING (position) WHERE aggregate_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("event store reachable")
+}
+
+#[tokio::test]
+async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() {
+    let stack = Stack::from_env();
+    let event_store = PgPool::connect(&stack.event_store_url)
+        .await
+        .expect("event store");
+
+    // No relay may run while the write happens: stop the stack's instance and
+    // start one with its relay switched off.
+    stack.dev(&["kill9", "command-service"]);
+    let binary = std::env::var("COMMAND_SERVICE_BIN").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/release/command-service"
+        )
+        .to_owned()
+    });
+    let mut spare = tokio::process::Command::new(binary)
+        .env("LISTEN_ADDR", SPARE_ADDR)
+        .env("DATABASE_URL", &stack.event_store_url)
+        .env("RELAY_ENABLED", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("command-service binary (cargo build --release) starts");
+    let base = format!("http://{SPARE_ADDR}");
+    poll_until(
+        Duration::from_secs(20),
+        "the spare command-service to listen",
+        || async {
+            let response = stack.http.get(format!("{base}/health")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        },
+    )
+    .await;
+
+    let response = stack
+        .http
+        .post(format!("{base}/warrior"))
+        .json(&new_warrior())
+        .send()
+        .await
+        .expect("spare reachable");
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.expect("JSON");
+    let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("UUID");
+    assert_eq!(
+        outbox_holds(&event_store, id).await,
+        1,
+        "committed, not yet published"
+    );
+
+    spare.kill().await.expect("kill -9 the spare");
+    stack.dev(&["up"]);
+
+    let location = format!("/warrior/{id}");
+    let read: Value = poll_until(
+        Duration::from_secs(15),
+        "the warrior to reach the read model",
+        || async {
+            let response = stack.get(&location).await;
+            if response.status() == 200 {
+                response.json().await.ok()
+            } else {
+                None
+            }
+        },
+    )
+    .await;
+    assert_eq!(read, created);
+    poll_until(
+        Duration::from_secs(5),
+        "the outbox row to be acknowledged",
+        || async { (outbox_holds(&event_store, id).await == 0).then_some(()) },
+    )
+    .await;
+}

@@ -1,0 +1,249 @@
+//! The whole CQRS path through nginx: command-service → event store →
+//! outbox relay → Kafka → projector → read model → query-service.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use test_kit::{new_warrior, poll_until, Stack};
+
+#[tokio::test]
+async fn gateway_answers_health_itself() {
+    let stack = Stack::from_env();
+    let response = stack.get("/health").await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn created_warrior_is_readable_at_its_location_at_once() {
+    let stack = Stack::from_env();
+    let body = json!({"name": "Musashi", "dob": "1584-03-12", "fight_skills": ["Katana"]});
+    let response = stack.post_json("/warrior", &body).await;
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["etag"], "\"1\"");
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let created: Value = response.json().await.expect("JSON");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(location, format!("/warrior/{id}"));
+    assert_eq!(created["name"], "Musashi");
+    assert_eq!(created["dob"], "1584-03-12");
+    assert_eq!(created["fight_skills"], json!(["Katana"]));
+    assert_eq!(created["version"], 1);
+
+    // Read your writes: the very first GET after the 201 must see it.
+    let read = stack.get(&location).await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["etag"], "\"1\"");
+    let read: Value = read.json().await.expect("JSON");
+    assert_eq!(read, created);
+}
+
+#[tokio::test]
+async fn count_includes_a_new_warrior() {
+    let stack = Stack::from_env();
+    let before = stack.count().await;
+    stack.create(&new_warrior()).await;
+    poll_until(
+        Duration::from_secs(5),
+        "the count to include the new warrior",
+        || async { (stack.count().await > before).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
+    let stack = Stack::from_env();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let body = json!({"name": format!("Tomoe {marker}"), "dob": "1157-01-01", "fight_skills": [format!("Naginata{marker}")]});
+    let created = stack.create(&body).await;
+    for term in [marker.to_uppercase(), format!("naginata{marker}")] {
+        let found: Vec<Value> = poll_until(
+            Duration::from_secs(5),
+            "search to find the warrior",
+            || async {
+                let hits: Vec<Value> = stack
+                    .get(&format!("/warrior?t={term}"))
+                    .await
+                    .json()
+                    .await
+                    .ok()?;
+                (!hits.is_empty()).then_some(hits)
+            },
+        )
+        .await;
+        assert_eq!(found, vec![created.clone()], "term {term}");
+    }
+}
+
+#[tokio::test]
+async fn search_without_a_term_is_a_bad_request() {
+    let stack = Stack::from_env();
+    for path in ["/warrior", "/warrior?t=", "/warrior?t=%20%20"] {
+        let response = stack.get(path).await;
+        assert_eq!(response.status(), 400, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_or_malformed_ids_are_not_found() {
+    let stack = Stack::from_env();
+    for path in [
+        format!("/warrior/{}", uuid::Uuid::new_v4()),
+        "/warrior/not-a-uuid".to_owned(),
+    ] {
+        let response = stack.get(&path).await;
+        assert_eq!(response.status(), 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_json_type_is_a_400_problem_with_field_details() {
+    let stack = Stack::from_env();
+    let response = stack
+        .post_json(
+            "/warrior",
+            &json!({"name": "A", "dob": 10, "fight_skills": "string"}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("JSON");
+    assert_eq!(problem["status"], 400);
+    assert!(problem["errors"]["dob"].is_string(), "{problem}");
+    assert!(problem["errors"]["fight_skills"].is_string(), "{problem}");
+}
+
+#[tokio::test]
+async fn invalid_values_are_a_422_problem_with_field_details() {
+    let stack = Stack::from_env();
+    let response = stack
+        .post_json(
+            "/warrior",
+            &json!({"name": "x".repeat(120), "dob": "2000-02-30"}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = response.json().await.expect("JSON");
+    assert_eq!(problem["status"], 422);
+    assert!(problem["errors"]["name"].is_string(), "{problem}");
+    assert!(problem["errors"]["dob"].is_string(), "{problem}");
+}
+
+#[tokio::test]
+async fn body_that_is_not_json_is_a_400() {
+    let stack = Stack::from_env();
+    let response = stack
+        .http
+        .post(stack.at("/warrior"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn missing_or_foreign_content_type_is_a_415() {
+    let stack = Stack::from_env();
+    let body = new_warrior().to_string();
+    let plain = stack
+        .http
+        .post(stack.at("/warrior"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(plain.status(), 415);
+    let text = stack
+        .http
+        .post(stack.at("/warrior"))
+        .header("content-type", "text/plain")
+        .body(body)
+        .send()
+        .await
+        .expect("reachable");
+    assert_eq!(text.status(), 415);
+}
+
+#[tokio::test]
+async fn body_over_64_kib_is_a_413() {
+    let stack = Stack::from_env();
+    let body = json!({"name": "A", "dob": "2000-01-01", "padding": "x".repeat(70 * 1024)});
+    let response = stack.post_json("/warrior", &body).await;
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn versioned_routes_keep_the_original_api() {
+    let stack = Stack::from_env();
+    let response = stack
+        .post_json("/api/v1/commands/warriors", &new_warrior())
+        .await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["message"], "Warrior created successfully");
+    let id = body["id"].as_str().expect("id");
+    assert_eq!(location, format!("/api/v1/queries/warriors/{id}"));
+
+    let read = stack.get(&location).await;
+    assert_eq!(read.status(), 200);
+    let read: Value = read.json().await.expect("JSON");
+    assert_eq!(read["id"], id);
+
+    let recent: Vec<Value> = poll_until(
+        Duration::from_secs(5),
+        "the recent listing to show it",
+        || async {
+            let list: Vec<Value> = stack
+                .get("/api/v1/queries/warriors")
+                .await
+                .json()
+                .await
+                .ok()?;
+            list.iter().any(|w| w["id"] == id).then_some(list)
+        },
+    )
+    .await;
+    assert!(recent.len() <= 50);
+
+    for path in [
+        "/api/v1/queries/counting-warriors",
+        "/api/v1/commands/health",
+        "/api/v1/queries/health",
+    ] {
+        assert_eq!(stack.get(path).await.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn camel_case_skills_alias_is_accepted_and_answered_in_snake_case() {
+    let stack = Stack::from_env();
+    let created = stack
+        .create(&json!({"name": "Ching Shih", "dob": "1775-01-01", "fightSkills": ["Jian"]}))
+        .await;
+    assert_eq!(created["fight_skills"], json!(["Jian"]));
+    assert!(created.get("fightSkills").is_none());
+}
