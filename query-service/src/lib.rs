@@ -46,15 +46,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Looks a warrior up, waiting (bounded) when the event store holds a
-    /// newer version than the read model: a write that was acknowledged is
-    /// never answered with a 404. Unknown ids cost one indexed query more.
+    /// Looks a warrior up, waiting (bounded) while the event store holds a
+    /// newer version than the read model: a write that was acknowledged
+    /// before this request arrived is never answered with a 404 or older
+    /// data. Both reads run concurrently, so the check costs one indexed
+    /// query's latency, not two.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
-        let mut lookup = self.read_model.lookup(id).await?;
-        if matches!(lookup, Lookup::Live(_)) {
-            return Ok(lookup);
-        }
-        let head = match self.event_store.stream_head(id).await {
+        let (lookup, head) =
+            tokio::join!(self.read_model.lookup(id), self.event_store.stream_head(id));
+        let mut lookup = lookup?;
+        let head = match head {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(lookup),
             Err(error) => {
@@ -69,9 +70,15 @@ impl AppState {
             if now >= deadline {
                 return Err(ApiError::ProjectionLagging);
             }
+            let pause = RYW_RECHECK.min(deadline - now);
             tokio::select! {
-                _ = applied.changed() => {}
-                () = tokio::time::sleep(RYW_RECHECK.min(deadline - now)) => {}
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        // Projector gone (shutting down): fall back to pacing by time.
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                () = tokio::time::sleep(pause) => {}
             }
             lookup = self.read_model.lookup(id).await?;
         }
