@@ -1,17 +1,16 @@
 //! What each command does to the event store, independent of HTTP.
 //!
 //! Every decision rests on the database's unique `(aggregate_id, version)`:
-//! a command reads the stream head, decides, and appends `head + 1`. If
+//! a command loads the aggregate, decides, and appends `version + 1`. If
 //! someone else appended first, the append comes back as a conflict and the
 //! command either reports it (`If-Match` was given) or decides again.
 
 use chrono::Utc;
-use event_store::{
-    AppendOutcome, EventStore, EventStoreError, GroupCommitter, NewEvent, StoredEvent,
-};
+use event_store::{AppendOutcome, EventStore, EventStoreError, GroupCommitter, NewEvent, Snapshot, StoredEvent};
 use serde_json::{json, Value};
-use shared_kernel::events::WARRIOR_DELETED;
-use shared_kernel::{Warrior, WarriorDraft, WarriorEvent, WarriorState, SCHEMA_VERSION};
+use shared_kernel::{
+    UnknownEventType, Warrior, WarriorAggregate, WarriorDraft, WarriorEvent, WarriorState, SCHEMA_VERSION,
+};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -34,6 +33,9 @@ pub enum CommandError {
     TooMuchContention,
     #[error(transparent)]
     Store(#[from] EventStoreError),
+    /// A stored event this build cannot read: the store needs attention.
+    #[error("unreadable event in the store: {0}")]
+    Unreadable(#[from] UnknownEventType),
 }
 
 /// Context recorded with each event, for audit and tracing.
@@ -76,11 +78,37 @@ impl Created {
 pub struct Commands {
     store: EventStore,
     writer: GroupCommitter,
+    /// Take a snapshot every this many events; 0 turns snapshots off.
+    snapshot_every: i64,
 }
 
 impl Commands {
-    pub fn new(store: EventStore, writer: GroupCommitter) -> Self {
-        Self { store, writer }
+    pub fn new(store: EventStore, writer: GroupCommitter, snapshot_every: i64) -> Self {
+        Self {
+            store,
+            writer,
+            snapshot_every,
+        }
+    }
+
+    /// Rebuilds a warrior by folding its events, starting from its snapshot
+    /// when there is one, so long histories load in bounded time.
+    pub async fn load(&self, id: Uuid) -> Result<WarriorAggregate, CommandError> {
+        let mut aggregate = match self.snapshot_every {
+            0 => WarriorAggregate::default(),
+            _ => self
+                .store
+                .load_snapshot(id)
+                .await?
+                // A snapshot this build cannot read is only a lost shortcut.
+                .and_then(|s| serde_json::from_value(s.state).ok())
+                .unwrap_or_default(),
+        };
+        for stored in self.store.read_stream_after(id, aggregate.version).await? {
+            let event = WarriorEvent::decode(&stored.event_type, stored.schema_version, &stored.data)?;
+            aggregate.apply(stored.version, &event);
+        }
+        Ok(aggregate)
     }
 
     pub fn store(&self) -> &EventStore {
@@ -90,11 +118,7 @@ impl Commands {
     /// Creates a warrior. With an idempotency key the id is derived from the
     /// key, so a repeat collides with the first attempt in the database
     /// itself: no window in which two racing repeats could both create.
-    pub async fn create(
-        &self,
-        draft: &WarriorDraft,
-        meta: &RequestMeta,
-    ) -> Result<Created, CommandError> {
+    pub async fn create(&self, draft: &WarriorDraft, meta: &RequestMeta) -> Result<Created, CommandError> {
         let id = match &meta.idempotency_key {
             Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
             None => Uuid::new_v4(),
@@ -109,8 +133,7 @@ impl Commands {
     /// A repeated idempotent create: same body, same answer; else refused.
     async fn replay_create(&self, id: Uuid, draft: &WarriorDraft) -> Result<Created, CommandError> {
         let first = self.store.read_stream(id).await?.into_iter().next();
-        let same_body = first
-            .is_some_and(|e| e.data == WarriorEvent::Created(WarriorState::from(draft)).data());
+        let same_body = first.is_some_and(|e| e.data == WarriorEvent::Created(WarriorState::from(draft)).data());
         if same_body {
             Ok(Created::Replayed(Warrior::from_draft(id, 1, draft)))
         } else {
@@ -132,14 +155,8 @@ impl Commands {
     }
 
     /// Deletes a live warrior; returns the version of the deletion event.
-    pub async fn delete(
-        &self,
-        id: Uuid,
-        if_match: Option<i64>,
-        meta: &RequestMeta,
-    ) -> Result<i64, CommandError> {
-        self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta)
-            .await
+    pub async fn delete(&self, id: Uuid, if_match: Option<i64>, meta: &RequestMeta) -> Result<i64, CommandError> {
+        self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta).await
     }
 
     /// The audit trail of a warrior (deleted ones included).
@@ -161,27 +178,47 @@ impl Commands {
         meta: &RequestMeta,
     ) -> Result<i64, CommandError> {
         for _ in 0..MAX_ATTEMPTS {
-            let head = self.store.stream_head(id).await?;
-            let current = match head {
-                Some(head) if head.event_type != WARRIOR_DELETED => head.version,
-                _ => return Err(CommandError::NotFound),
-            };
+            let mut aggregate = self.load(id).await?;
+            if !aggregate.is_live() {
+                return Err(CommandError::NotFound);
+            }
+            let current = aggregate.version;
             if let Some(expected) = if_match {
                 if expected != current {
                     return Err(CommandError::VersionMismatch { current });
                 }
             }
             match self.append(id, current + 1, event, meta).await? {
-                AppendOutcome::Committed { .. } => return Ok(current + 1),
+                AppendOutcome::Committed { .. } => {
+                    aggregate.apply(current + 1, event);
+                    self.maybe_snapshot(id, &aggregate).await;
+                    return Ok(current + 1);
+                }
                 AppendOutcome::Conflict if if_match.is_some() => {
-                    return Err(CommandError::VersionMismatch {
-                        current: current + 1,
-                    })
+                    return Err(CommandError::VersionMismatch { current: current + 1 })
                 }
                 AppendOutcome::Conflict => continue,
             }
         }
         Err(CommandError::TooMuchContention)
+    }
+
+    /// Stores a snapshot every `snapshot_every` versions. Best effort: a
+    /// failure costs only speed, never correctness, so it is logged, not returned.
+    async fn maybe_snapshot(&self, id: Uuid, aggregate: &WarriorAggregate) {
+        if self.snapshot_every == 0 || aggregate.version % self.snapshot_every != 0 {
+            return;
+        }
+        let Ok(state) = serde_json::to_value(aggregate) else {
+            return;
+        };
+        let snapshot = Snapshot {
+            version: aggregate.version,
+            state,
+        };
+        if let Err(error) = self.store.save_snapshot(id, &snapshot).await {
+            tracing::warn!(%error, %id, "could not store a snapshot");
+        }
     }
 
     async fn append(

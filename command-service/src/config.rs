@@ -43,6 +43,10 @@ pub struct Config {
     #[arg(long, env = "APPEND_MAX_BATCH", default_value_t = 1024)]
     pub append_max_batch: usize,
 
+    /// Snapshot a warrior every this many events (0: never).
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    pub snapshot_every: i64,
+
     /// Run the outbox relay in this process (only one instance relays at a time anyway).
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,

@@ -69,6 +69,10 @@ fn command_problem(error: CommandError) -> Problem {
             StatusCode::CONFLICT,
             "too many concurrent changes to this warrior; retry",
         ),
+        CommandError::Unreadable(error) => {
+            tracing::error!(%error, "unreadable event in the event store");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
         CommandError::Store(error) => {
             // Logged in full here, never shown to the client.
             tracing::error!(%error, "event store unavailable");

@@ -13,6 +13,7 @@ use anyhow::Context;
 use axum::routing::{get, post, put};
 use axum::Router;
 use event_store::{EventStore, GroupCommitConfig, GroupCommitter};
+use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
@@ -31,7 +32,7 @@ pub struct AppState {
 }
 
 /// The routes, apart from how they are served (tests build it directly).
-pub fn app(state: AppState, config: &Config) -> Router {
+pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Router {
     let routes = Router::new()
         .route("/warrior", post(routes::create))
         .route("/warrior/{id}", put(routes::replace).delete(routes::delete))
@@ -41,12 +42,12 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .with_state(state);
-    http_kit::with_common_layers(routes, config.request_timeout())
+    http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }
 
 /// Connects, migrates, starts the writer and the relay, and serves until a
 /// shutdown signal; then drains requests and stops the relay cleanly.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
@@ -63,13 +64,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_batch: config.append_max_batch,
         ..GroupCommitConfig::default()
     };
-    let (writer, writer_task) =
-        GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |_| {});
+    let (writer, writer_task) = GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |_| {});
 
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()
         .context("cannot create the Kafka producer")?;
     let (stop_relay, relay_stop_rx) = watch::channel(false);
+    let lag_task = tokio::spawn(relay::report_lag(store.clone(), relay_stop_rx.clone()));
     let relay_task = config.relay_enabled.then(|| {
         let relay = Relay {
             store: store.clone(),
@@ -82,7 +83,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
 
     let state = AppState {
-        commands: Commands::new(store, writer),
+        commands: Commands::new(store, writer, config.snapshot_every),
         producer,
         topic: config.kafka_topic.clone(),
     };
@@ -90,7 +91,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "command-service listening");
-    axum::serve(listener, app(state, &config))
+    axum::serve(listener, app(state, &config, metrics))
         .with_graceful_shutdown(http_kit::shutdown_signal())
         .await?;
 
@@ -100,6 +101,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(task) = relay_task {
         let _ = task.await;
     }
+    let _ = lag_task.await;
     tracing::info!("command-service stopped");
     Ok(())
 }

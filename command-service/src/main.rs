@@ -4,5 +4,6 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let config = command_service::config::Config::parse();
     http_kit::init_tracing();
-    command_service::serve(config).await
+    let metrics = http_kit::install_metrics()?;
+    command_service::serve(config, metrics).await
 }

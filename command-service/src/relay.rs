@@ -18,6 +18,8 @@ use tokio::sync::{watch, Notify};
 
 /// How long an idle relay sleeps when no wake-up arrives (a safety net only).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How often the relay lag gauges are refreshed.
+const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(500);
 
@@ -82,6 +84,7 @@ impl Relay {
                 continue;
             }
             let (delivered, failure) = self.publish(&batch).await;
+            metrics::counter!("relay_published_total").increment(delivered.len() as u64);
             if !delivered.is_empty() {
                 lease.acknowledge(&delivered).await?;
             }
@@ -139,6 +142,25 @@ impl Relay {
             }
         }
         (delivered, failure)
+    }
+}
+
+/// Keeps `relay_lag_events` (committed, not yet on Kafka) and
+/// `relay_lag_seconds` (age of the oldest of them) current, whichever
+/// instance relays.
+pub async fn report_lag(store: EventStore, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        match store.outbox_lag().await {
+            Ok((events, seconds)) => {
+                metrics::gauge!("relay_lag_events").set(events as f64);
+                metrics::gauge!("relay_lag_seconds").set(seconds);
+            }
+            Err(error) => tracing::debug!(%error, "cannot read the outbox lag"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LAG_REPORT_INTERVAL) => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 

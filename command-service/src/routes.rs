@@ -23,11 +23,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `POST /warrior`: 201 once the event is committed in the event store.
-pub async fn create(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let warrior = created.warrior();
     let location = format!("/warrior/{}", warrior.id);
@@ -35,11 +31,7 @@ pub async fn create(
 }
 
 /// `POST /api/v1/commands/warriors`: the original API's 202 variant.
-pub async fn create_v1(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: JsonBody,
-) -> Result<Response, ApiError> {
+pub async fn create_v1(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let id = created.warrior().id;
     Ok((
@@ -50,11 +42,7 @@ pub async fn create_v1(
         .into_response())
 }
 
-async fn create_from(
-    app: &AppState,
-    headers: &HeaderMap,
-    body: &JsonBody,
-) -> Result<Created, ApiError> {
+async fn create_from(app: &AppState, headers: &HeaderMap, body: &JsonBody) -> Result<Created, ApiError> {
     let draft = parse_warrior(&body.0, today())?;
     Ok(app.commands.create(&draft, &request_meta(headers)?).await?)
 }
@@ -100,10 +88,7 @@ struct HistoryEntry {
 }
 
 /// `GET /warrior/{id}/events`: the audit trail, in version order.
-pub async fn history(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn history(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let events = app.commands.history(parse_id(&id)?).await?;
     let entries: Vec<HistoryEntry> = events
         .into_iter()
@@ -169,11 +154,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 /// `If-Match: "N"` (or `W/"N"`). A value that names no version can never
 /// match; it is kept as an impossible version so the command answers 412.
 fn if_match(headers: &HeaderMap) -> Option<i64> {
-    let raw = headers
-        .get(header::IF_MATCH)?
-        .to_str()
-        .unwrap_or_default()
-        .trim();
+    let raw = headers.get(header::IF_MATCH)?.to_str().unwrap_or_default().trim();
     if raw == "*" {
         return None;
     }
@@ -182,10 +163,7 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
 }
 
 fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
-    let request_id = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         None => None,
         Some(value) => {

@@ -27,12 +27,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "LISTEN_ADDR",
-        default_value = "127.0.0.1:8092",
-        global = true
-    )]
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8092", global = true)]
     pub listen_addr: SocketAddr,
 
     /// Read-model database.
@@ -54,48 +49,23 @@ pub struct Config {
     pub event_store_url: String,
 
     /// Size of each connection pool.
-    #[arg(
-        long,
-        env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16,
-        global = true
-    )]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub database_max_connections: u32,
 
     /// How long a request may wait for a database connection before it gets 503.
-    #[arg(
-        long,
-        env = "DATABASE_TIMEOUT_MS",
-        default_value_t = 2000,
-        global = true
-    )]
+    #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000, global = true)]
     pub database_timeout_ms: u64,
 
     /// Kafka bootstrap servers.
-    #[arg(
-        long,
-        env = "KAFKA_BROKERS",
-        default_value = "127.0.0.1:9092",
-        global = true
-    )]
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092", global = true)]
     pub kafka_brokers: String,
 
     /// Topic the events are read from.
-    #[arg(
-        long,
-        env = "KAFKA_TOPIC",
-        default_value = "warrior-events",
-        global = true
-    )]
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "warrior-events", global = true)]
     pub kafka_topic: String,
 
     /// Consumer group of the projector.
-    #[arg(
-        long,
-        env = "KAFKA_GROUP",
-        default_value = "warrior-read-projection",
-        global = true
-    )]
+    #[arg(long, env = "KAFKA_GROUP", default_value = "warrior-read-projection", global = true)]
     pub kafka_group: String,
 
     /// Most events applied in one read-model transaction.
@@ -104,21 +74,11 @@ pub struct Config {
 
     /// Longest a lookup waits for the projection to catch up with a write
     /// that was already acknowledged (read your writes).
-    #[arg(
-        long,
-        env = "READ_YOUR_WRITES_TIMEOUT_MS",
-        default_value_t = 2000,
-        global = true
-    )]
+    #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 2000, global = true)]
     pub read_your_writes_timeout_ms: u64,
 
     /// Upper bound on any request's handling time.
-    #[arg(
-        long,
-        env = "REQUEST_TIMEOUT_MS",
-        default_value_t = 10_000,
-        global = true
-    )]
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, global = true)]
     pub request_timeout_ms: u64,
 }
 

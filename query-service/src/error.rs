@@ -28,9 +28,7 @@ impl IntoResponse for ApiError {
                 self.to_string(),
             )
             .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
-            Self::ProjectionLagging => {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
-            }
+            Self::ProjectionLagging => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             Self::Database(error) => {
                 // Logged in full here, never shown to the client.
                 tracing::error!(%error, "read model unavailable");

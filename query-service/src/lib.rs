@@ -13,6 +13,7 @@ use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
 use event_store::EventStore;
+use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::PgPoolOptions;
@@ -24,7 +25,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::projector::Projector;
+use crate::projector::{Projector, ProjectorContext};
 use crate::read_model::{Lookup, ReadModel};
 
 /// Migrations of the read-model database, embedded at compile time.
@@ -52,8 +53,7 @@ impl AppState {
     /// data. Both reads run concurrently, so the check costs one indexed
     /// query's latency, not two.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
-        let (lookup, head) =
-            tokio::join!(self.read_model.lookup(id), self.event_store.stream_head(id));
+        let (lookup, head) = tokio::join!(self.read_model.lookup(id), self.event_store.stream_head(id));
         let mut lookup = lookup?;
         let head = match head {
             Ok(Some(head)) => head,
@@ -63,11 +63,17 @@ impl AppState {
                 return Ok(lookup);
             }
         };
-        let deadline = Instant::now() + self.read_your_writes_timeout;
+        if lookup.version() >= Some(head.version) {
+            return Ok(lookup);
+        }
+        metrics::counter!("read_your_writes_waits_total").increment(1);
+        let started = Instant::now();
+        let deadline = started + self.read_your_writes_timeout;
         let mut applied = self.applied.clone();
         while lookup.version() < Some(head.version) {
             let now = Instant::now();
             if now >= deadline {
+                metrics::counter!("read_your_writes_timeouts_total").increment(1);
                 return Err(ApiError::ProjectionLagging);
             }
             let pause = RYW_RECHECK.min(deadline - now);
@@ -82,6 +88,7 @@ impl AppState {
             }
             lookup = self.read_model.lookup(id).await?;
         }
+        metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
         Ok(lookup)
     }
 
@@ -101,7 +108,7 @@ impl AppState {
 }
 
 /// The routes, apart from how they are served.
-pub fn app(state: AppState, config: &Config) -> Router {
+pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Router {
     let routes = Router::new()
         .route("/warrior", get(routes::search))
         .route("/warrior/{id}", get(routes::get_warrior))
@@ -113,7 +120,7 @@ pub fn app(state: AppState, config: &Config) -> Router {
         .route("/health", get(routes::health))
         .route("/ready", get(routes::ready))
         .with_state(state);
-    http_kit::with_common_layers(routes, config.request_timeout())
+    http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }
 
 fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
@@ -126,7 +133,7 @@ fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
 
 /// Connects, migrates, starts the projector, and serves until a shutdown
 /// signal; then drains requests and stops the projector between batches.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let read_pool = pool(&config, &config.database_url)?;
     MIGRATOR
         .run(&read_pool)
@@ -135,9 +142,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let read_model = ReadModel::new(read_pool);
     let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
 
-    let consumer: StreamConsumer =
+    let consumer: StreamConsumer<ProjectorContext> =
         messaging::consumer_config(&config.kafka_brokers, &config.kafka_group)
-            .create()
+            .set("statistics.interval.ms", "5000")
+            .create_with_context(ProjectorContext)
             .context("cannot create the Kafka consumer")?;
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()
@@ -166,7 +174,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "query-service listening");
-    axum::serve(listener, app(state, &config))
+    axum::serve(listener, app(state, &config, metrics))
         .with_graceful_shutdown(http_kit::shutdown_signal())
         .await?;
 

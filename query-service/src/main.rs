@@ -6,6 +6,6 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     http_kit::init_tracing();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => query_service::serve(cli.config).await,
+        Command::Serve => query_service::serve(cli.config, http_kit::install_metrics()?).await,
     }
 }

@@ -10,9 +10,11 @@
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
@@ -20,8 +22,27 @@ use crate::read_model::{Applicable, PartitionOffset, ReadModel};
 
 const BACKOFF: Duration = Duration::from_millis(500);
 
+/// Consumer callbacks: turns librdkafka's periodic statistics into the
+/// `projector_lag_events{partition}` gauge (high watermark − position).
+pub struct ProjectorContext;
+
+impl ClientContext for ProjectorContext {
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics::gauge!("projector_lag_events", "partition" => partition.to_string())
+                        .set(stats.consumer_lag as f64);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProjectorContext {}
+
 pub struct Projector {
-    pub consumer: StreamConsumer,
+    pub consumer: StreamConsumer<ProjectorContext>,
     pub dlq_producer: FutureProducer,
     pub read_model: ReadModel,
     pub topic: String,
@@ -125,6 +146,8 @@ impl Projector {
                 }
             }
         }
+        metrics::histogram!("projector_batch_size").record(events.len() as f64);
+        metrics::counter!("projector_events_applied_total").increment(events.len() as u64);
         self.applied.send_modify(|n| *n = n.wrapping_add(1));
         self.commit(&offsets);
         true
@@ -134,9 +157,7 @@ impl Projector {
     fn commit(&self, offsets: &[PartitionOffset]) {
         let mut list = TopicPartitionList::new();
         for o in offsets {
-            if let Err(error) =
-                list.add_partition_offset(&self.topic, o.partition, Offset::Offset(o.next_offset))
-            {
+            if let Err(error) = list.add_partition_offset(&self.topic, o.partition, Offset::Offset(o.next_offset)) {
                 tracing::warn!(%error, "bad offset");
             }
         }
@@ -179,11 +200,7 @@ impl Projector {
         if let Some(payload) = payload.as_deref() {
             record = record.payload(payload);
         }
-        if let Err((error, _)) = self
-            .dlq_producer
-            .send(record, Duration::from_secs(10))
-            .await
-        {
+        if let Err((error, _)) = self.dlq_producer.send(record, Duration::from_secs(10)).await {
             tracing::error!(%error, source, "could not write to the dead-letter topic");
         }
     }

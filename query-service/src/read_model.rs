@@ -90,16 +90,10 @@ impl ReadModel {
 
     pub async fn lookup(&self, id: Uuid) -> Result<Lookup, sqlx::Error> {
         let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors WHERE id = $1");
-        let row: Option<LookupRow> = sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<LookupRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
         Ok(match row {
             None => Lookup::Unknown,
-            Some(LookupRow {
-                deleted: true,
-                warrior,
-            }) => Lookup::Deleted {
+            Some(LookupRow { deleted: true, warrior }) => Lookup::Deleted {
                 version: warrior.version,
             },
             Some(LookupRow { warrior, .. }) => Lookup::Live(warrior.into()),
@@ -137,18 +131,14 @@ impl ReadModel {
 
     /// Where the projector should resume, per partition.
     pub async fn offsets(&self, topic: &str) -> Result<Vec<PartitionOffset>, sqlx::Error> {
-        let rows: Vec<(i32, i64)> = sqlx::query_as(
-            "SELECT partition, next_offset FROM projection_offsets WHERE topic = $1",
-        )
-        .bind(topic)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM projection_offsets WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .into_iter()
-            .map(|(partition, next_offset)| PartitionOffset {
-                partition,
-                next_offset,
-            })
+            .map(|(partition, next_offset)| PartitionOffset { partition, next_offset })
             .collect())
     }
 
@@ -165,9 +155,7 @@ impl ReadModel {
         let mut live_delta = 0_i64;
         for e in events {
             live_delta += match &e.event {
-                WarriorEvent::Created(state) | WarriorEvent::Updated(state) => {
-                    upsert(&mut tx, e, state).await?
-                }
+                WarriorEvent::Created(state) | WarriorEvent::Updated(state) => upsert(&mut tx, e, state).await?,
                 WarriorEvent::Deleted => tombstone(&mut tx, e).await?,
             };
         }
@@ -195,11 +183,7 @@ impl ReadModel {
 
 /// Writes a warrior's state if `e` is newer than what the row holds.
 /// Returns the change in live warriors (1 when a new live row appeared).
-async fn upsert(
-    tx: &mut Transaction<'_, Postgres>,
-    e: &Applicable,
-    state: &WarriorState,
-) -> Result<i64, sqlx::Error> {
+async fn upsert(tx: &mut Transaction<'_, Postgres>, e: &Applicable, state: &WarriorState) -> Result<i64, sqlx::Error> {
     let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, search_text, created_at, updated_at)
          VALUES ($1, $2, false, $3, $4, $5, lower($3) || chr(31) || lower(array_to_string($5, chr(31))), $6, $6)

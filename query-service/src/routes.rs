@@ -16,10 +16,7 @@ use crate::read_model::Lookup;
 use crate::AppState;
 
 /// `GET /warrior/{id}`: 404 if unknown, deleted or not a UUID.
-pub async fn get_warrior(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+pub async fn get_warrior(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     match app.lookup_consistent(id).await? {
         Lookup::Live(warrior) => Ok(with_etag(&warrior)),
@@ -37,10 +34,7 @@ pub async fn search(
     State(app): State<AppState>,
     Query(params): Query<SearchParams>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
-    let term = params
-        .t
-        .filter(|t| !t.trim().is_empty())
-        .ok_or(ApiError::MissingTerm)?;
+    let term = params.t.filter(|t| !t.trim().is_empty()).ok_or(ApiError::MissingTerm)?;
     Ok(Json(app.read_model.search(&term).await?))
 }
 

@@ -13,7 +13,10 @@ use uuid::Uuid;
 use crate::warrior::WarriorDraft;
 
 /// Schema version written with every new event.
-pub const SCHEMA_VERSION: i32 = 1;
+///
+/// * 1: the Java seed's shape, `fightSkills` in camelCase, `null` for none.
+/// * 2: `fight_skills`, always an array.
+pub const SCHEMA_VERSION: i32 = 2;
 
 pub const WARRIOR_CREATED: &str = "WarriorCreated";
 pub const WARRIOR_UPDATED: &str = "WarriorUpdated";
@@ -72,28 +75,23 @@ impl WarriorEvent {
     /// The JSON payload stored and published for this event.
     pub fn data(&self) -> Value {
         match self {
-            Self::Created(state) | Self::Updated(state) => {
-                serde_json::to_value(state).unwrap_or(Value::Null)
-            }
+            Self::Created(state) | Self::Updated(state) => serde_json::to_value(state).unwrap_or(Value::Null),
             Self::Deleted => Value::Object(Default::default()),
         }
     }
 
     /// Reads a stored or published event. Older schema versions are upcast
     /// here, in one place, so every reader sees the current shape.
-    pub fn decode(
-        event_type: &str,
-        schema_version: i32,
-        data: &Value,
-    ) -> Result<Self, UnknownEventType> {
-        if schema_version < 1 || schema_version > SCHEMA_VERSION {
+    pub fn decode(event_type: &str, schema_version: i32, data: &Value) -> Result<Self, UnknownEventType> {
+        if !(1..=SCHEMA_VERSION).contains(&schema_version) {
             return Err(UnknownEventType::SchemaVersion {
                 event_type: event_type.to_owned(),
                 version: schema_version,
             });
         }
+        let upcast = upcast(schema_version, data);
         let state = || {
-            WarriorState::deserialize(data).map_err(|source| UnknownEventType::Payload {
+            WarriorState::deserialize(&upcast).map_err(|source| UnknownEventType::Payload {
                 event_type: event_type.to_owned(),
                 source,
             })
@@ -105,6 +103,23 @@ impl WarriorEvent {
             other => Err(UnknownEventType::Type(other.to_owned())),
         }
     }
+}
+
+/// Brings a payload of any known schema version to the current shape. Each
+/// step handles one version, so adding version N+1 adds one step.
+fn upcast(schema_version: i32, data: &Value) -> Value {
+    let mut data = data.clone();
+    if schema_version < 2 {
+        if let Value::Object(fields) = &mut data {
+            let skills = fields
+                .remove("fightSkills")
+                .or_else(|| fields.remove("fight_skills"))
+                .filter(|v| !v.is_null())
+                .unwrap_or_else(|| Value::Array(Vec::new()));
+            fields.insert("fight_skills".to_owned(), skills);
+        }
+    }
+    data
 }
 
 /// An event as it is published on Kafka (see docs/EVENTS.md).
@@ -144,10 +159,23 @@ mod tests {
             WarriorEvent::Updated(state()),
             WarriorEvent::Deleted,
         ] {
-            let decoded = WarriorEvent::decode(event.event_type(), SCHEMA_VERSION, &event.data())
-                .expect("decodes");
+            let decoded = WarriorEvent::decode(event.event_type(), SCHEMA_VERSION, &event.data()).expect("decodes");
             assert_eq!(decoded, event);
         }
+    }
+
+    #[test]
+    fn schema_1_payloads_are_upcast() {
+        let seed = serde_json::json!({"name": "Musashi", "dob": "1584-03-12", "fightSkills": ["Katana"]});
+        assert_eq!(
+            WarriorEvent::decode(WARRIOR_CREATED, 1, &seed).expect("decodes"),
+            WarriorEvent::Created(state())
+        );
+        let none = serde_json::json!({"name": "Musashi", "dob": "1584-03-12", "fightSkills": null});
+        let WarriorEvent::Updated(decoded) = WarriorEvent::decode(WARRIOR_UPDATED, 1, &none).expect("decodes") else {
+            panic!("wrong variant");
+        };
+        assert!(decoded.fight_skills.is_empty());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //!
 //! Nothing here performs I/O; "today" is passed in so validation stays pure.
 
+pub mod aggregate;
 pub mod events;
 pub mod validation;
 pub mod warrior;
 
+pub use aggregate::WarriorAggregate;
 pub use events::{EventEnvelope, UnknownEventType, WarriorEvent, WarriorState, SCHEMA_VERSION};
 pub use validation::{parse_warrior, FieldErrors, InputError};
 pub use warrior::{DateOfBirth, FightSkill, FightSkills, Warrior, WarriorDraft, WarriorName};

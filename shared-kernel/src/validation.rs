@@ -72,11 +72,7 @@ struct Checker {
 }
 
 impl Checker {
-    fn check(
-        mut self,
-        object: &Map<String, Value>,
-        today: NaiveDate,
-    ) -> Result<WarriorDraft, InputError> {
+    fn check(mut self, object: &Map<String, Value>, today: NaiveDate) -> Result<WarriorDraft, InputError> {
         let name = self
             .required_string(object, "name")
             .and_then(|raw| self.value(WarriorName::parse(raw), "name"));
@@ -92,24 +88,18 @@ impl Checker {
             });
         }
         match (name, dob, fight_skills) {
-            (Some(name), Some(dob), Some(fight_skills)) if self.value_errors.is_empty() => {
-                Ok(WarriorDraft {
-                    name,
-                    dob,
-                    fight_skills,
-                })
-            }
+            (Some(name), Some(dob), Some(fight_skills)) if self.value_errors.is_empty() => Ok(WarriorDraft {
+                name,
+                dob,
+                fight_skills,
+            }),
             _ => Err(InputError::Invalid {
                 errors: self.value_errors,
             }),
         }
     }
 
-    fn required_string<'a>(
-        &mut self,
-        object: &'a Map<String, Value>,
-        field: &str,
-    ) -> Option<&'a str> {
+    fn required_string<'a>(&mut self, object: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
         match object.get(field) {
             None | Some(Value::Null) => {
                 self.value_errors.add(field, "is required");
@@ -125,9 +115,7 @@ impl Checker {
     }
 
     fn value<T>(&mut self, result: Result<T, &'static str>, field: &str) -> Option<T> {
-        result
-            .map_err(|message| self.value_errors.add(field, message))
-            .ok()
+        result.map_err(|message| self.value_errors.add(field, message)).ok()
     }
 
     /// `fight_skills` (or its alias `fightSkills`): absent or null means none.
@@ -135,10 +123,8 @@ impl Checker {
         const FIELD: &str = "fight_skills";
         let raw = match (object.get(FIELD), object.get("fightSkills")) {
             (Some(_), Some(_)) => {
-                self.value_errors.add(
-                    FIELD,
-                    "give fight_skills or its alias fightSkills, not both",
-                );
+                self.value_errors
+                    .add(FIELD, "give fight_skills or its alias fightSkills, not both");
                 return None;
             }
             (Some(v), None) | (None, Some(v)) => v,
@@ -148,10 +134,8 @@ impl Checker {
             Value::Null => return Some(FightSkills::default()),
             Value::Array(items) => items,
             other => {
-                self.type_errors.add(
-                    FIELD,
-                    format!("must be an array of strings, not {}", json_type(other)),
-                );
+                self.type_errors
+                    .add(FIELD, format!("must be an array of strings, not {}", json_type(other)));
                 return None;
             }
         };
@@ -202,9 +186,7 @@ mod tests {
     /// The field names that made a body malformed (400).
     fn malformed(body: &str) -> Vec<String> {
         match parse(body) {
-            Err(InputError::Malformed { errors, .. }) => {
-                errors.fields().map(str::to_owned).collect()
-            }
+            Err(InputError::Malformed { errors, .. }) => errors.fields().map(str::to_owned).collect(),
             other => panic!("expected 400 for {body}, got {other:?}"),
         }
     }
@@ -219,8 +201,7 @@ mod tests {
 
     #[test]
     fn accepts_the_contract_example() {
-        let draft = parse(r#"{"name":"Musashi","dob":"1584-03-12","fight_skills":["Katana"]}"#)
-            .expect("valid");
+        let draft = parse(r#"{"name":"Musashi","dob":"1584-03-12","fight_skills":["Katana"]}"#).expect("valid");
         assert_eq!(draft.name.as_str(), "Musashi");
         assert_eq!(draft.dob.date().to_string(), "1584-03-12");
         assert_eq!(draft.fight_skills.to_strings(), vec!["Katana"]);
@@ -228,8 +209,7 @@ mod tests {
 
     #[test]
     fn accepts_the_camel_case_alias() {
-        let draft =
-            parse(r#"{"name":"A","dob":"2000-01-01","fightSkills":["Bo"]}"#).expect("valid");
+        let draft = parse(r#"{"name":"A","dob":"2000-01-01","fightSkills":["Bo"]}"#).expect("valid");
         assert_eq!(draft.fight_skills.to_strings(), vec!["Bo"]);
     }
 
@@ -240,10 +220,7 @@ mod tests {
             r#"{"name":"A","dob":"2000-01-01","fight_skills":null}"#,
             r#"{"name":"A","dob":"2000-01-01","fight_skills":[]}"#,
         ] {
-            assert_eq!(
-                parse(body).expect(body).fight_skills.to_strings(),
-                Vec::<String>::new()
-            );
+            assert_eq!(parse(body).expect(body).fight_skills.to_strings(), Vec::<String>::new());
         }
     }
 
@@ -271,10 +248,7 @@ mod tests {
     #[test]
     fn invalid_utf8_is_malformed() {
         let result = parse_warrior(b"{\"name\":\"\xff\xfe\",\"dob\":\"2000-01-01\"}", today());
-        assert!(
-            matches!(result, Err(InputError::Malformed { .. })),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(InputError::Malformed { .. })), "{result:?}");
     }
 
     #[test]
@@ -328,10 +302,7 @@ mod tests {
     #[test]
     fn bad_names_are_invalid() {
         assert_eq!(invalid(r#"{"name":"","dob":"2000-01-01"}"#), vec!["name"]);
-        assert_eq!(
-            invalid(r#"{"name":"   ","dob":"2000-01-01"}"#),
-            vec!["name"]
-        );
+        assert_eq!(invalid(r#"{"name":"   ","dob":"2000-01-01"}"#), vec!["name"]);
         let long = serde_json::json!({"name": "x".repeat(101), "dob": "2000-01-01"});
         assert_eq!(invalid(&long.to_string()), vec!["name"]);
         let challenge = serde_json::json!({"name": "x".repeat(120), "dob": "2000-01-01"});
@@ -358,17 +329,14 @@ mod tests {
     fn bad_skills_are_invalid() {
         let blank = r#"{"name":"A","dob":"2000-01-01","fight_skills":["Bo"," "]}"#;
         assert_eq!(invalid(blank), vec!["fight_skills[1]"]);
-        let long =
-            serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": ["x".repeat(51)]});
+        let long = serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": ["x".repeat(51)]});
         assert_eq!(invalid(&long.to_string()), vec!["fight_skills[0]"]);
-        let forty_digits =
-            serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": ["1".repeat(40)]});
+        let forty_digits = serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": ["1".repeat(40)]});
         assert!(
             parse(&forty_digits.to_string()).is_ok(),
             "40 characters is within the limit"
         );
-        let too_many =
-            serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": vec!["Bo"; 101]});
+        let too_many = serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": vec!["Bo"; 101]});
         assert_eq!(invalid(&too_many.to_string()), vec!["fight_skills"]);
     }
 
@@ -381,9 +349,6 @@ mod tests {
     #[test]
     fn reports_every_bad_field() {
         let body = serde_json::json!({"name": "", "dob": "2000-02-30", "fight_skills": [""]});
-        assert_eq!(
-            invalid(&body.to_string()),
-            vec!["dob", "fight_skills[0]", "name"]
-        );
+        assert_eq!(invalid(&body.to_string()), vec!["dob", "fight_skills[0]", "name"]);
     }
 }

@@ -50,13 +50,7 @@ impl GroupCommitter {
         on_batch: impl Fn(usize) + Send + 'static,
     ) -> (Self, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
-        let handle = tokio::spawn(run_writer(
-            store,
-            config.max_batch.max(1),
-            rx,
-            committed,
-            on_batch,
-        ));
+        let handle = tokio::spawn(run_writer(store, config.max_batch.max(1), rx, committed, on_batch));
         (Self { queue }, handle)
     }
 
@@ -91,10 +85,7 @@ async fn run_writer(
         on_batch(events.len());
         match store.append_batch(&events).await {
             Ok(outcomes) => {
-                if outcomes
-                    .iter()
-                    .any(|o| matches!(o, AppendOutcome::Committed { .. }))
-                {
+                if outcomes.iter().any(|o| matches!(o, AppendOutcome::Committed { .. })) {
                     committed.notify_one();
                 }
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {

@@ -45,10 +45,7 @@ impl OutboxLease {
             "SELECT {} FROM outbox JOIN events USING (position) ORDER BY position LIMIT $1",
             EventStore::event_columns()
         );
-        Ok(sqlx::query_as(&sql)
-            .bind(limit)
-            .fetch_all(&mut self.conn)
-            .await?)
+        Ok(sqlx::query_as(&sql).bind(limit).fetch_all(&mut self.conn).await?)
     }
 
     /// Forgets events that Kafka has acknowledged.

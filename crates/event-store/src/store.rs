@@ -46,7 +46,14 @@ pub enum AppendOutcome {
     Conflict,
 }
 
-/// The newest event of a stream: enough to decide what a command may do.
+/// An aggregate's folded state at `version`, stored as JSON by its owner.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct Snapshot {
+    pub version: i64,
+    pub state: Value,
+}
+
+/// The newest event of a stream.
 #[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct StreamHead {
     pub version: i64,
@@ -74,10 +81,7 @@ impl EventStore {
     /// Appends a batch in one autocommit statement (one round trip) and queues
     /// the committed events in the outbox. A conflicting event is skipped and
     /// reported; it never fails the others.
-    pub async fn append_batch(
-        &self,
-        events: &[NewEvent],
-    ) -> Result<Vec<AppendOutcome>, EventStoreError> {
+    pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>, EventStoreError> {
         let mut event_ids = Vec::with_capacity(events.len());
         let mut aggregate_ids = Vec::with_capacity(events.len());
         let mut versions = Vec::with_capacity(events.len());
@@ -122,33 +126,60 @@ impl EventStore {
         Ok(events
             .iter()
             .map(|e| match committed.get(&e.event_id) {
-                Some(&(position, occurred_at)) => AppendOutcome::Committed {
-                    position,
-                    occurred_at,
-                },
+                Some(&(position, occurred_at)) => AppendOutcome::Committed { position, occurred_at },
                 None => AppendOutcome::Conflict,
             })
             .collect())
     }
 
     /// All events of one stream, in version order.
-    pub async fn read_stream(
+    pub async fn read_stream(&self, aggregate_id: Uuid) -> Result<Vec<StoredEvent>, EventStoreError> {
+        self.read_stream_after(aggregate_id, 0).await
+    }
+
+    /// The events of one stream with a version above `version`, in order.
+    pub async fn read_stream_after(
         &self,
         aggregate_id: Uuid,
+        version: i64,
     ) -> Result<Vec<StoredEvent>, EventStoreError> {
         let sql =
-            format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY version");
+            format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND version > $2 ORDER BY version");
         Ok(sqlx::query_as(&sql)
             .bind(aggregate_id)
+            .bind(version)
             .fetch_all(&self.pool)
             .await?)
     }
 
+    /// The newest snapshot of a stream, if one was taken.
+    pub async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, EventStoreError> {
+        Ok(
+            sqlx::query_as("SELECT version, state FROM snapshots WHERE aggregate_id = $1")
+                .bind(aggregate_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Stores a snapshot unless a newer one is already there.
+    pub async fn save_snapshot(&self, aggregate_id: Uuid, snapshot: &Snapshot) -> Result<(), EventStoreError> {
+        sqlx::query(
+            "INSERT INTO snapshots (aggregate_id, version, state) VALUES ($1, $2, $3)
+             ON CONFLICT (aggregate_id) DO UPDATE
+                SET version = EXCLUDED.version, state = EXCLUDED.state, taken_at = now()
+                WHERE snapshots.version < EXCLUDED.version",
+        )
+        .bind(aggregate_id)
+        .bind(snapshot.version)
+        .bind(&snapshot.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The newest event of a stream, or `None` for a stream never written.
-    pub async fn stream_head(
-        &self,
-        aggregate_id: Uuid,
-    ) -> Result<Option<StreamHead>, EventStoreError> {
+    pub async fn stream_head(&self, aggregate_id: Uuid) -> Result<Option<StreamHead>, EventStoreError> {
         Ok(sqlx::query_as(
             "SELECT version, event_type FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1",
         )
@@ -160,14 +191,8 @@ impl EventStore {
     /// Events at or after `position`, in position order. Only safe as a full
     /// replay source once writers have stopped (e.g. a rebuild run against a
     /// quiet store or followed by catching up from Kafka).
-    pub async fn read_all_from(
-        &self,
-        position: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2"
-        );
+    pub async fn read_all_from(&self, position: i64, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
         Ok(sqlx::query_as(&sql)
             .bind(position)
             .bind(limit)
@@ -175,11 +200,15 @@ impl EventStore {
             .await?)
     }
 
-    /// Events committed but not yet acknowledged by Kafka.
-    pub async fn outbox_len(&self) -> Result<i64, EventStoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await?)
+    /// Events committed but not yet acknowledged by Kafka, and the age in
+    /// seconds of the oldest of them (0 when none).
+    pub async fn outbox_lag(&self) -> Result<(i64, f64), EventStoreError> {
+        Ok(sqlx::query_as(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at))::float8, 0)
+             FROM outbox JOIN events USING (position)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub(crate) fn event_columns() -> &'static str {

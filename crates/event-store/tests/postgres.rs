@@ -65,15 +65,7 @@ async fn of_fifty_concurrent_appends_at_one_version_exactly_one_commits(pool: Pg
         .filter(|o| committed(o.as_ref().expect("no error")))
         .count();
     assert_eq!(wins, 1);
-    assert_eq!(
-        store
-            .stream_head(id)
-            .await
-            .expect("head")
-            .expect("exists")
-            .version,
-        2
-    );
+    assert_eq!(store.stream_head(id).await.expect("head").expect("exists").version, 2);
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
@@ -90,9 +82,7 @@ async fn concurrent_appends_are_grouped_into_batches(pool: PgPool) {
         },
     );
     let outcomes = join_all((0..200).map(|_| writer.append(event(Uuid::new_v4(), 1)))).await;
-    assert!(outcomes
-        .iter()
-        .all(|o| committed(o.as_ref().expect("no error"))));
+    assert!(outcomes.iter().all(|o| committed(o.as_ref().expect("no error"))));
     assert!(
         largest.load(Ordering::Relaxed) > 1,
         "200 concurrent appends never shared a batch"
@@ -118,11 +108,7 @@ async fn with_batching_off_every_append_is_its_own_batch(pool: PgPool) {
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn only_one_relay_holds_the_outbox_lease(pool: PgPool) {
     let store = EventStore::new(pool);
-    let first = store
-        .try_lease_outbox()
-        .await
-        .expect("db")
-        .expect("free lease");
+    let first = store.try_lease_outbox().await.expect("db").expect("free lease");
     assert!(store.try_lease_outbox().await.expect("db").is_none());
     first.release().await;
     let taken_over = store.try_lease_outbox().await.expect("db");
@@ -137,17 +123,11 @@ async fn outbox_yields_each_stream_in_version_order_and_forgets_acknowledged(poo
     let store = EventStore::new(pool);
     let id = Uuid::new_v4();
     for version in 1..=3 {
-        store
-            .append_batch(&[event(id, version)])
-            .await
-            .expect("append");
+        store.append_batch(&[event(id, version)]).await.expect("append");
     }
     let mut lease = store.try_lease_outbox().await.expect("db").expect("lease");
     let batch = lease.next_batch(10).await.expect("outbox");
-    assert_eq!(
-        batch.iter().map(|e| e.version).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(batch.iter().map(|e| e.version).collect::<Vec<_>>(), [1, 2, 3]);
     lease.acknowledge(&[batch[0].position]).await.expect("ack");
     let rest = lease.next_batch(10).await.expect("outbox");
     assert_eq!(rest.iter().map(|e| e.version).collect::<Vec<_>>(), [2, 3]);
@@ -172,24 +152,15 @@ async fn a_late_commit_with_a_lower_position_is_still_relayed(pool: PgPool) {
     .expect("insert in open transaction");
 
     let fast_id = Uuid::new_v4();
-    store
-        .append_batch(&[event(fast_id, 1)])
-        .await
-        .expect("append");
+    store.append_batch(&[event(fast_id, 1)]).await.expect("append");
     let mut lease = store.try_lease_outbox().await.expect("db").expect("lease");
     let first = lease.next_batch(10).await.expect("outbox");
-    assert_eq!(
-        first.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(),
-        [fast_id]
-    );
+    assert_eq!(first.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(), [fast_id]);
     lease.acknowledge(&[first[0].position]).await.expect("ack");
 
     slow.commit().await.expect("late commit");
     let second = lease.next_batch(10).await.expect("outbox");
-    assert_eq!(
-        second.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(),
-        [slow_id]
-    );
+    assert_eq!(second.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(), [slow_id]);
     assert!(
         second[0].position < first[0].position,
         "the late event has the lower position"

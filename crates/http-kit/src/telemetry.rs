@@ -4,13 +4,16 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::IntoResponse;
-use axum::Router;
+use axum::routing::get;
+use axum::{middleware, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
 
+use crate::metrics::{render_metrics, track_requests};
 use crate::{Problem, MAX_BODY_BYTES};
 
 /// Header correlating a request across nginx, both services and Kafka.
@@ -57,29 +60,33 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received, draining");
 }
 
-/// Wraps a service's routes with what every endpoint needs: a request id
+/// Wraps a service's routes with what every endpoint needs: latency metrics
+/// and `GET /metrics`, a request id
 /// (kept from nginx or generated) echoed on the response and recorded on the
 /// request's span, the body limit, a request timeout, a problem+json 404 for
 /// unknown routes, and a panic guard that answers 500 instead of dropping the
 /// connection.
-pub fn with_common_layers(router: Router, request_timeout: Duration) -> Router {
+pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: PrometheusHandle) -> Router {
     router
+        .route_layer(middleware::from_fn(track_requests))
+        .route("/metrics", get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, request_timeout))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-            }),
-        )
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

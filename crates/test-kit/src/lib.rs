@@ -31,18 +31,9 @@ impl Stack {
             gateway: var("GATEWAY_URL", "http://127.0.0.1:9999"),
             command: var("COMMAND_URL", "http://127.0.0.1:8091"),
             query: var("QUERY_URL", "http://127.0.0.1:8092"),
-            event_store_url: var(
-                "EVENT_STORE_URL",
-                "postgres://hammer:hammer@127.0.0.1:5433/eventstore",
-            ),
-            read_model_url: var(
-                "READ_MODEL_URL",
-                "postgres://hammer:hammer@127.0.0.1:5434/readmodel",
-            ),
-            dev_script: var(
-                "API_HAMMER_DEV",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/../../dev"),
-            ),
+            event_store_url: var("EVENT_STORE_URL", "postgres://hammer:hammer@127.0.0.1:5433/eventstore"),
+            read_model_url: var("READ_MODEL_URL", "postgres://hammer:hammer@127.0.0.1:5434/readmodel"),
+            dev_script: var("API_HAMMER_DEV", concat!(env!("CARGO_MANIFEST_DIR"), "/../../dev")),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()
@@ -67,11 +58,7 @@ impl Stack {
 
     /// GETs a path from the gateway.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.at(path))
-            .send()
-            .await
-            .expect("gateway reachable")
+        self.http.get(self.at(path)).send().await.expect("gateway reachable")
     }
 
     /// Creates a warrior through the gateway and returns its body.
@@ -83,12 +70,7 @@ impl Stack {
 
     /// The live count as the gateway reports it.
     pub async fn count(&self) -> i64 {
-        let body: Value = self
-            .get("/counting-warriors")
-            .await
-            .json()
-            .await
-            .expect("count JSON");
+        let body: Value = self.get("/counting-warriors").await.json().await.expect("count JSON");
         body["count"].as_i64().expect("count is a number")
     }
 
@@ -113,10 +95,7 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -6,10 +6,7 @@ use serde_json::{json, Value};
 use test_kit::{new_warrior, Stack};
 
 async fn put(stack: &Stack, id: &str, body: &Value, if_match: Option<&str>) -> reqwest::Response {
-    let mut request = stack
-        .http
-        .put(stack.at(&format!("/warrior/{id}")))
-        .json(body);
+    let mut request = stack.http.put(stack.at(&format!("/warrior/{id}"))).json(body);
     if let Some(tag) = if_match {
         request = request.header("if-match", tag);
     }
@@ -41,12 +38,7 @@ async fn replace_bumps_the_version_and_is_read_back() {
     assert_eq!(updated["fight_skills"], json!([]));
 
     // Read your writes holds for updates too, for the very first GET.
-    let read: Value = stack
-        .get(&format!("/warrior/{id}"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let read: Value = stack.get(&format!("/warrior/{id}")).await.json().await.expect("JSON");
     assert_eq!(read, updated);
 }
 
@@ -89,16 +81,8 @@ async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
     });
     let mut statuses = join_all(attempts).await;
     statuses.sort_unstable();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 412).count(),
-        49,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 49, "{statuses:?}");
     let history: Vec<Value> = stack
         .get(&format!("/warrior/{id}/events"))
         .await
@@ -149,10 +133,7 @@ async fn delete_hides_the_warrior_but_keeps_its_history() {
         .json()
         .await
         .expect("JSON");
-    let types: Vec<&str> = history
-        .iter()
-        .map(|e| e["type"].as_str().expect("type"))
-        .collect();
+    let types: Vec<&str> = history.iter().map(|e| e["type"].as_str().expect("type")).collect();
     assert_eq!(types, ["WarriorCreated", "WarriorDeleted"]);
     for event in &history {
         for field in ["event_id", "version", "occurred_at", "data"] {
@@ -167,10 +148,7 @@ async fn unknown_warriors_cannot_be_changed() {
     let id = uuid::Uuid::new_v4().to_string();
     assert_eq!(put(&stack, &id, &new_warrior(), None).await.status(), 404);
     assert_eq!(delete(&stack, &id, None).await.status(), 404);
-    assert_eq!(
-        stack.get(&format!("/warrior/{id}/events")).await.status(),
-        404
-    );
+    assert_eq!(stack.get(&format!("/warrior/{id}/events")).await.status(), 404);
 }
 
 #[tokio::test]

@@ -15,32 +15,23 @@ use test_kit::{new_warrior, poll_until, Stack};
 const SPARE_ADDR: &str = "127.0.0.1:18091";
 
 async fn outbox_holds(pool: &PgPool, id: uuid::Uuid) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox JOIN events USING (position) WHERE aggregate_id = $1",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await
-    .expect("event store reachable")
+    sqlx::query_scalar("SELECT count(*) FROM outbox JOIN events USING (position) WHERE aggregate_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("event store reachable")
 }
 
 #[tokio::test]
 async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() {
     let stack = Stack::from_env();
-    let event_store = PgPool::connect(&stack.event_store_url)
-        .await
-        .expect("event store");
+    let event_store = PgPool::connect(&stack.event_store_url).await.expect("event store");
 
     // No relay may run while the write happens: stop the stack's instance and
     // start one with its relay switched off.
     stack.dev(&["kill9", "command-service"]);
-    let binary = std::env::var("COMMAND_SERVICE_BIN").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../target/release/command-service"
-        )
-        .to_owned()
-    });
+    let binary = std::env::var("COMMAND_SERVICE_BIN")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/command-service").to_owned());
     let mut spare = tokio::process::Command::new(binary)
         .env("LISTEN_ADDR", SPARE_ADDR)
         .env("DATABASE_URL", &stack.event_store_url)
@@ -71,11 +62,7 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
     assert_eq!(response.status(), 201);
     let created: Value = response.json().await.expect("JSON");
     let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("UUID");
-    assert_eq!(
-        outbox_holds(&event_store, id).await,
-        1,
-        "committed, not yet published"
-    );
+    assert_eq!(outbox_holds(&event_store, id).await, 1, "committed, not yet published");
 
     spare.kill().await.expect("kill -9 the spare");
     stack.dev(&["up"]);
@@ -95,10 +82,8 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
     )
     .await;
     assert_eq!(read, created);
-    poll_until(
-        Duration::from_secs(5),
-        "the outbox row to be acknowledged",
-        || async { (outbox_holds(&event_store, id).await == 0).then_some(()) },
-    )
+    poll_until(Duration::from_secs(5), "the outbox row to be acknowledged", || async {
+        (outbox_holds(&event_store, id).await == 0).then_some(())
+    })
     .await;
 }

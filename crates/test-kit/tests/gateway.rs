@@ -20,10 +20,7 @@ async fn created_warrior_is_readable_at_its_location_at_once() {
     let response = stack.post_json("/warrior", &body).await;
     assert_eq!(response.status(), 201);
     assert_eq!(response.headers()["etag"], "\"1\"");
-    let location = response.headers()["location"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
+    let location = response.headers()["location"].to_str().expect("ASCII").to_owned();
     let created: Value = response.json().await.expect("JSON");
     let id = created["id"].as_str().expect("id");
     assert_eq!(location, format!("/warrior/{id}"));
@@ -57,22 +54,14 @@ async fn count_includes_a_new_warrior() {
 async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
     let stack = Stack::from_env();
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    let body = json!({"name": format!("Tomoe {marker}"), "dob": "1157-01-01", "fight_skills": [format!("Naginata{marker}")]});
+    let body =
+        json!({"name": format!("Tomoe {marker}"), "dob": "1157-01-01", "fight_skills": [format!("Naginata{marker}")]});
     let created = stack.create(&body).await;
     for term in [marker.to_uppercase(), format!("naginata{marker}")] {
-        let found: Vec<Value> = poll_until(
-            Duration::from_secs(5),
-            "search to find the warrior",
-            || async {
-                let hits: Vec<Value> = stack
-                    .get(&format!("/warrior?t={term}"))
-                    .await
-                    .json()
-                    .await
-                    .ok()?;
-                (!hits.is_empty()).then_some(hits)
-            },
-        )
+        let found: Vec<Value> = poll_until(Duration::from_secs(5), "search to find the warrior", || async {
+            let hits: Vec<Value> = stack.get(&format!("/warrior?t={term}")).await.json().await.ok()?;
+            (!hits.is_empty()).then_some(hits)
+        })
         .await;
         assert_eq!(found, vec![created.clone()], "term {term}");
     }
@@ -84,10 +73,7 @@ async fn search_without_a_term_is_a_bad_request() {
     for path in ["/warrior", "/warrior?t=", "/warrior?t=%20%20"] {
         let response = stack.get(path).await;
         assert_eq!(response.status(), 400, "{path}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/problem+json"
-        );
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
     }
 }
 
@@ -107,16 +93,10 @@ async fn unknown_or_malformed_ids_are_not_found() {
 async fn wrong_json_type_is_a_400_problem_with_field_details() {
     let stack = Stack::from_env();
     let response = stack
-        .post_json(
-            "/warrior",
-            &json!({"name": "A", "dob": 10, "fight_skills": "string"}),
-        )
+        .post_json("/warrior", &json!({"name": "A", "dob": 10, "fight_skills": "string"}))
         .await;
     assert_eq!(response.status(), 400);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: Value = response.json().await.expect("JSON");
     assert_eq!(problem["status"], 400);
     assert!(problem["errors"]["dob"].is_string(), "{problem}");
@@ -127,16 +107,10 @@ async fn wrong_json_type_is_a_400_problem_with_field_details() {
 async fn invalid_values_are_a_422_problem_with_field_details() {
     let stack = Stack::from_env();
     let response = stack
-        .post_json(
-            "/warrior",
-            &json!({"name": "x".repeat(120), "dob": "2000-02-30"}),
-        )
+        .post_json("/warrior", &json!({"name": "x".repeat(120), "dob": "2000-02-30"}))
         .await;
     assert_eq!(response.status(), 422);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: Value = response.json().await.expect("JSON");
     assert_eq!(problem["status"], 422);
     assert!(problem["errors"]["name"].is_string(), "{problem}");
@@ -186,23 +160,15 @@ async fn body_over_64_kib_is_a_413() {
     let body = json!({"name": "A", "dob": "2000-01-01", "padding": "x".repeat(70 * 1024)});
     let response = stack.post_json("/warrior", &body).await;
     assert_eq!(response.status(), 413);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
 }
 
 #[tokio::test]
 async fn versioned_routes_keep_the_original_api() {
     let stack = Stack::from_env();
-    let response = stack
-        .post_json("/api/v1/commands/warriors", &new_warrior())
-        .await;
+    let response = stack.post_json("/api/v1/commands/warriors", &new_warrior()).await;
     assert_eq!(response.status(), 202);
-    let location = response.headers()["location"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
+    let location = response.headers()["location"].to_str().expect("ASCII").to_owned();
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(body["message"], "Warrior created successfully");
     let id = body["id"].as_str().expect("id");
@@ -213,19 +179,10 @@ async fn versioned_routes_keep_the_original_api() {
     let read: Value = read.json().await.expect("JSON");
     assert_eq!(read["id"], id);
 
-    let recent: Vec<Value> = poll_until(
-        Duration::from_secs(5),
-        "the recent listing to show it",
-        || async {
-            let list: Vec<Value> = stack
-                .get("/api/v1/queries/warriors")
-                .await
-                .json()
-                .await
-                .ok()?;
-            list.iter().any(|w| w["id"] == id).then_some(list)
-        },
-    )
+    let recent: Vec<Value> = poll_until(Duration::from_secs(5), "the recent listing to show it", || async {
+        let list: Vec<Value> = stack.get("/api/v1/queries/warriors").await.json().await.ok()?;
+        list.iter().any(|w| w["id"] == id).then_some(list)
+    })
     .await;
     assert!(recent.len() <= 50);
 
