@@ -1,6 +1,13 @@
 //! Helpers for tests that run against the real stack started by `./dev up`
 //! (or `./dev test`, which starts it): addresses from the environment, a
-//! deadline-bounded poll, and warrior payloads.
+//! deadline-bounded poll, warrior payloads, extra service instances, and a
+//! reader of what reached Kafka.
+
+mod kafka;
+mod spare;
+
+pub use kafka::{assert_complete_and_ordered, read_versions_from_topic};
+pub use spare::{Spare, SpareKind};
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +24,7 @@ pub struct Stack {
     pub query: String,
     pub event_store_url: String,
     pub read_model_url: String,
+    pub kafka_brokers: String,
     pub dev_script: String,
     pub http: reqwest::Client,
 }
@@ -33,6 +41,7 @@ impl Stack {
             query: var("QUERY_URL", "http://127.0.0.1:8092"),
             event_store_url: var("EVENT_STORE_URL", "postgres://hammer:hammer@127.0.0.1:5433/eventstore"),
             read_model_url: var("READ_MODEL_URL", "postgres://hammer:hammer@127.0.0.1:5434/readmodel"),
+            kafka_brokers: var("KAFKA_BROKERS", "127.0.0.1:9092"),
             dev_script: var("API_HAMMER_DEV", concat!(env!("CARGO_MANIFEST_DIR"), "/../../dev")),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
@@ -107,4 +116,47 @@ pub fn new_warrior() -> Value {
         "dob": "1584-03-12",
         "fight_skills": ["Katana", "Niten Ichi-ryu"],
     })
+}
+
+/// Keeps `writers` concurrent clients writing through `base_url` for
+/// `duration`: each creates a warrior, then replaces it a few times, then
+/// starts over. Every write must get its 2xx. Returns each warrior's final
+/// version.
+pub async fn write_steadily(
+    stack: &Stack,
+    base_url: &str,
+    writers: usize,
+    duration: Duration,
+) -> std::collections::HashMap<Uuid, i64> {
+    const UPDATES_PER_WARRIOR: i64 = 3;
+    let end = Instant::now() + duration;
+    let clients = (0..writers).map(|_| async move {
+        let mut written = Vec::new();
+        while Instant::now() < end {
+            let response = stack
+                .http
+                .post(format!("{base_url}/warrior"))
+                .json(&new_warrior())
+                .send()
+                .await
+                .expect("command side reachable");
+            assert_eq!(response.status(), 201, "create failed during the fault");
+            let body: Value = response.json().await.expect("JSON");
+            let id: Uuid = body["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+            for version in 1..=UPDATES_PER_WARRIOR {
+                let response = stack
+                    .http
+                    .put(format!("{base_url}/warrior/{id}"))
+                    .header("if-match", format!("\"{version}\""))
+                    .json(&new_warrior())
+                    .send()
+                    .await
+                    .expect("command side reachable");
+                assert_eq!(response.status(), 200, "update failed during the fault");
+            }
+            written.push((id, UPDATES_PER_WARRIOR + 1));
+        }
+        written
+    });
+    futures::future::join_all(clients).await.into_iter().flatten().collect()
 }

@@ -5,14 +5,11 @@
 //! Its own test binary, so stopping the stack's command-service cannot
 //! disturb other tests (cargo runs test binaries one after another).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use test_kit::{new_warrior, poll_until, Stack};
-
-const SPARE_ADDR: &str = "127.0.0.1:18091";
+use test_kit::{new_warrior, poll_until, Spare, SpareKind, Stack};
 
 async fn outbox_holds(pool: &PgPool, id: uuid::Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox JOIN events USING (position) WHERE aggregate_id = $1")
@@ -30,31 +27,10 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
     // No relay may run while the write happens: stop the stack's instance and
     // start one with its relay switched off.
     stack.dev(&["kill9", "command-service"]);
-    let binary = std::env::var("COMMAND_SERVICE_BIN")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/command-service").to_owned());
-    let mut spare = tokio::process::Command::new(binary)
-        .env("LISTEN_ADDR", SPARE_ADDR)
-        .env("DATABASE_URL", &stack.event_store_url)
-        .env("RELAY_ENABLED", "false")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("command-service binary (cargo build --release) starts");
-    let base = format!("http://{SPARE_ADDR}");
-    poll_until(
-        Duration::from_secs(20),
-        "the spare command-service to listen",
-        || async {
-            let response = stack.http.get(format!("{base}/health")).send().await.ok()?;
-            response.status().is_success().then_some(())
-        },
-    )
-    .await;
-
+    let spare = Spare::start(&stack, SpareKind::Command, 18091, &[("RELAY_ENABLED", "false")]).await;
     let response = stack
         .http
-        .post(format!("{base}/warrior"))
+        .post(format!("{}/warrior", spare.base_url))
         .json(&new_warrior())
         .send()
         .await
@@ -64,7 +40,7 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
     let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("UUID");
     assert_eq!(outbox_holds(&event_store, id).await, 1, "committed, not yet published");
 
-    spare.kill().await.expect("kill -9 the spare");
+    spare.kill().await;
     stack.dev(&["up"]);
 
     let location = format!("/warrior/{id}");
