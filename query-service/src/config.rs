@@ -22,6 +22,13 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTP and run the projector (the default).
     Serve,
+    /// Compare the read model with the event store; exit 1 on any drift.
+    Verify {
+        /// Keep re-checking up to this long while drift remains (the
+        /// projection may still be catching up).
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

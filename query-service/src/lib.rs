@@ -6,6 +6,7 @@ pub mod error;
 pub mod projector;
 pub mod read_model;
 pub mod routes;
+pub mod verify;
 
 use std::time::Duration;
 
@@ -129,6 +130,22 @@ fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .acquire_timeout(config.database_timeout())
         .connect_lazy(url)
         .context("invalid database URL")
+}
+
+/// `query-service verify`: compares until clean or `wait` has passed; prints
+/// the last comparison and returns whether it was clean.
+pub async fn run_verify(config: Config, wait: Duration) -> anyhow::Result<bool> {
+    let read_model = ReadModel::new(pool(&config, &config.database_url)?);
+    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+    let deadline = Instant::now() + wait;
+    loop {
+        let drift = verify::verify(&event_store, &read_model).await?;
+        if drift.is_clean() || Instant::now() >= deadline {
+            print!("{drift}");
+            return Ok(drift.is_clean());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Connects, migrates, starts the projector, and serves until a shutdown

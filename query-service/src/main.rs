@@ -1,11 +1,20 @@
+use std::process::ExitCode;
+use std::time::Duration;
+
 use clap::Parser;
 use query_service::config::{Cli, Command};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     http_kit::init_tracing();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => query_service::serve(cli.config, http_kit::install_metrics()?).await,
+        Command::Serve => query_service::serve(cli.config, http_kit::install_metrics()?).await?,
+        Command::Verify { wait_ms } => {
+            if !query_service::run_verify(cli.config, Duration::from_millis(wait_ms)).await? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
+    Ok(ExitCode::SUCCESS)
 }

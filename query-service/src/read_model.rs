@@ -129,6 +129,16 @@ impl ReadModel {
             .await
     }
 
+    /// Every row, tombstones included, as (warrior, deleted); for `verify`.
+    pub async fn all_rows(&self) -> Result<Vec<(Warrior, bool)>, sqlx::Error> {
+        let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors");
+        let rows: Vec<LookupRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (Warrior::from(r.warrior), r.deleted))
+            .collect())
+    }
+
     /// Where the projector should resume, per partition.
     pub async fn offsets(&self, topic: &str) -> Result<Vec<PartitionOffset>, sqlx::Error> {
         let rows: Vec<(i32, i64)> =

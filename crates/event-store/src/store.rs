@@ -188,6 +188,15 @@ impl EventStore {
         .await?)
     }
 
+    /// The newest event of every stream: what each aggregate ends up as.
+    /// Reads the whole store; meant for offline checks such as `verify`.
+    pub async fn stream_heads(&self) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT DISTINCT ON (aggregate_id) {EVENT_COLUMNS} FROM events ORDER BY aggregate_id, version DESC"
+        );
+        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+    }
+
     /// Events at or after `position`, in position order. Only safe as a full
     /// replay source once writers have stopped (e.g. a rebuild run against a
     /// quiet store or followed by catching up from Kafka).

@@ -93,6 +93,25 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Runs `query-service verify --wait-ms` against the stack's databases;
+    /// returns whether it found no drift, and its report.
+    pub fn verify(&self, wait: Duration) -> (bool, String) {
+        let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/query-service");
+        let output = std::process::Command::new(binary)
+            .args(["verify", "--wait-ms", &wait.as_millis().to_string()])
+            .env("DATABASE_URL", &self.read_model_url)
+            .env("EVENT_STORE_URL", &self.event_store_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("query-service binary (cargo build --release) runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+}
+
 /// Polls `probe` until it yields `Some`, or panics with `what` at the deadline.
 pub async fn poll_until<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
 where

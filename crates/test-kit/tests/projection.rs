@@ -1,0 +1,98 @@
+//! The query side under concurrency and bad input: read your writes for many
+//! concurrent clients, and poison messages diverted to the dead-letter topic.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use futures::StreamExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Message};
+use serde_json::Value;
+use test_kit::{new_warrior, poll_until, Stack};
+
+#[tokio::test]
+async fn two_hundred_concurrent_create_then_get_pairs_never_miss_their_write() {
+    let stack = Stack::from_env();
+    let pairs = (0..200).map(|_| async {
+        let created = stack.create(&new_warrior()).await;
+        let id = created["id"].as_str().expect("id").to_owned();
+        let response = stack.get(&format!("/warrior/{id}")).await;
+        let status = response.status().as_u16();
+        let read: Value = response.json().await.unwrap_or(Value::Null);
+        (status, read == created)
+    });
+    let results = join_all(pairs).await;
+    let not_found = results.iter().filter(|(s, _)| *s == 404).count();
+    let stale = results.iter().filter(|(s, same)| *s == 200 && !same).count();
+    let other = results.iter().filter(|(s, _)| *s != 200 && *s != 404).count();
+    assert_eq!(
+        (not_found, stale, other),
+        (0, 0, 0),
+        "404s, stale reads, other statuses"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_goes_to_the_dlq_and_later_events_are_still_applied() {
+    let stack = Stack::from_env();
+    let marker = format!("poison-{}", uuid::Uuid::new_v4());
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .expect("producer");
+    // One poison message in every partition, so whichever partition the next
+    // warrior lands in, its event sits behind a poison message.
+    for partition in 0..3 {
+        let record: FutureRecord<'_, str, str> =
+            FutureRecord::to("warrior-events").partition(partition).payload(&marker);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("poison produced");
+    }
+
+    let created = stack.create(&new_warrior()).await;
+    let id = created["id"].as_str().expect("id");
+    poll_until(
+        Duration::from_secs(10),
+        "the event behind the poison to be applied",
+        || async {
+            let hits: Vec<Value> = stack
+                .get(&format!("/warrior?t={}", &created["name"].as_str()?[5..]))
+                .await
+                .json()
+                .await
+                .ok()?;
+            hits.iter().any(|w| w["id"] == id).then_some(())
+        },
+    )
+    .await;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("group.id", format!("test-dlq-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["warrior-events.dlq"]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut found = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while found < 3 {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(remaining, stream.next())
+            .await
+            .expect("all three poison messages reach the DLQ in time")
+            .expect("stream open")
+            .expect("Kafka message");
+        if message.payload() != Some(marker.as_bytes()) {
+            continue;
+        }
+        let headers = message.headers().expect("DLQ headers");
+        let error = headers.iter().find(|h| h.key == "dlq-error").and_then(|h| h.value);
+        assert!(error.is_some_and(|e| !e.is_empty()), "the reason travels in a header");
+        found += 1;
+    }
+}

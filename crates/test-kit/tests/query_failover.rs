@@ -1,0 +1,55 @@
+//! Two query-service instances in the projector's consumer group: when one
+//! is killed its partitions move to the other, and nothing is lost or
+//! applied twice. Its own binary: it kills the stack's query-service.
+
+use std::time::Duration;
+
+use test_kit::{poll_until, write_steadily, Spare, SpareKind, Stack};
+
+#[tokio::test]
+async fn partitions_move_to_the_survivor_and_nothing_is_lost_or_doubled() {
+    let stack = Stack::from_env();
+    stack.dev(&["up"]);
+    let before = stack.count().await;
+    let spare = Spare::start(&stack, SpareKind::Query, 18094, &[]).await;
+
+    let writes = write_steadily(&stack, &stack.command, 4, Duration::from_secs(6));
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stack.dev(&["kill9", "query-service"]);
+    };
+    let (written, ()) = tokio::join!(writes, kill);
+
+    // Only the spare projects now; every warrior must show its last version there.
+    for (id, version) in &written {
+        let url = format!("{}/warrior/{id}", spare.base_url);
+        poll_until(
+            Duration::from_secs(30),
+            "the survivor to project every write",
+            || async {
+                let warrior: serde_json::Value = stack.http.get(&url).send().await.ok()?.json().await.ok()?;
+                (warrior["version"].as_i64() == Some(*version)).then_some(())
+            },
+        )
+        .await;
+    }
+    let count: serde_json::Value = stack
+        .http
+        .get(format!("{}/counting-warriors", spare.base_url))
+        .send()
+        .await
+        .expect("spare reachable")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        count["count"].as_i64(),
+        Some(before + written.len() as i64),
+        "nothing lost or doubled"
+    );
+    let (clean, report) = stack.verify(Duration::from_secs(10));
+    assert!(clean, "{report}");
+
+    spare.kill().await;
+    stack.dev(&["up"]);
+}
