@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve HTTP and run the projector (the default).
     Serve,
+    /// Replay the event store into fresh tables and swap them in, while serving.
+    Rebuild,
     /// Compare the read model with the event store; exit 1 on any drift.
     Verify {
         /// Keep re-checking up to this long while drift remains (the

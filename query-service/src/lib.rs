@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod projector;
 pub mod read_model;
+pub mod rebuild;
 pub mod routes;
 pub mod verify;
 
@@ -17,7 +18,7 @@ use event_store::EventStore;
 use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -130,6 +131,20 @@ fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .acquire_timeout(config.database_timeout())
         .connect_lazy(url)
         .context("invalid database URL")
+}
+
+/// `query-service rebuild`: see [`rebuild`].
+pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
+    let live_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
+    let live = PgPool::connect_with(live_options.clone()).await?;
+    MIGRATOR.run(&live).await.context("cannot migrate the read model")?;
+    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+    let report = rebuild::rebuild(&live, live_options, &event_store, &config.kafka_topic).await?;
+    println!(
+        "rebuilt from {} events ({} re-applied at the swap); {} live warriors",
+        report.replayed, report.caught_up, report.live_warriors
+    );
+    Ok(())
 }
 
 /// `query-service verify`: compares until clean or `wait` has passed; prints

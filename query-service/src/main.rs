@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     http_kit::init_tracing();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => query_service::serve(cli.config, http_kit::install_metrics()?).await?,
+        Command::Rebuild => query_service::run_rebuild(cli.config).await?,
         Command::Verify { wait_ms } => {
             if !query_service::run_verify(cli.config, Duration::from_millis(wait_ms)).await? {
                 return Ok(ExitCode::FAILURE);

@@ -59,6 +59,12 @@ impl fmt::Display for Drift {
 
 /// Compares both stores once.
 pub async fn verify(event_store: &EventStore, read_model: &ReadModel) -> anyhow::Result<Drift> {
+    // The read model first: every row in it was projected from an event that
+    // was already committed, so an event-store read taken afterwards holds
+    // them all, and writes racing the comparison can only look "missing" or
+    // "stale" (the projection lagging), never "extra".
+    let counted = read_model.count().await?;
+    let rows = read_model.all_rows().await?;
     let mut expected: HashMap<Uuid, WarriorAggregate> = HashMap::new();
     for head in event_store.stream_heads().await? {
         let event = WarriorEvent::decode(&head.event_type, head.schema_version, &head.data)?;
@@ -69,15 +75,10 @@ pub async fn verify(event_store: &EventStore, read_model: &ReadModel) -> anyhow:
     let mut drift = Drift {
         checked: expected.len(),
         expected_count: expected.values().filter(|a| a.is_live()).count() as i64,
-        counted: read_model.count().await?,
+        counted,
         ..Drift::default()
     };
-    let mut seen: HashMap<Uuid, (Warrior, bool)> = read_model
-        .all_rows()
-        .await?
-        .into_iter()
-        .map(|(w, deleted)| (w.id, (w, deleted)))
-        .collect();
+    let mut seen: HashMap<Uuid, (Warrior, bool)> = rows.into_iter().map(|(w, deleted)| (w.id, (w, deleted))).collect();
     for (id, aggregate) in &expected {
         let row = seen.remove(id);
         match (aggregate.state.as_ref(), row) {

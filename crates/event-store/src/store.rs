@@ -197,6 +197,17 @@ impl EventStore {
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
     }
 
+    /// Events that occurred at or after `since`, in position order.
+    pub async fn read_since(&self, since: DateTime<Utc>) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE occurred_at >= $1 ORDER BY position");
+        Ok(sqlx::query_as(&sql).bind(since).fetch_all(&self.pool).await?)
+    }
+
+    /// The database's clock, so time windows do not depend on this host's.
+    pub async fn now(&self) -> Result<DateTime<Utc>, EventStoreError> {
+        Ok(sqlx::query_scalar("SELECT now()").fetch_one(&self.pool).await?)
+    }
+
     /// Events at or after `position`, in position order. Only safe as a full
     /// replay source once writers have stopped (e.g. a rebuild run against a
     /// quiet store or followed by catching up from Kafka).

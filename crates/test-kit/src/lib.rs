@@ -97,18 +97,29 @@ impl Stack {
     /// Runs `query-service verify --wait-ms` against the stack's databases;
     /// returns whether it found no drift, and its report.
     pub fn verify(&self, wait: Duration) -> (bool, String) {
+        self.query_admin(&["verify", "--wait-ms", &wait.as_millis().to_string()])
+    }
+
+    /// Runs `query-service rebuild`; returns whether it succeeded, and its report.
+    pub fn rebuild(&self) -> (bool, String) {
+        self.query_admin(&["rebuild"])
+    }
+
+    fn query_admin(&self, args: &[&str]) -> (bool, String) {
         let binary = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/query-service");
         let output = std::process::Command::new(binary)
-            .args(["verify", "--wait-ms", &wait.as_millis().to_string()])
+            .args(args)
             .env("DATABASE_URL", &self.read_model_url)
             .env("EVENT_STORE_URL", &self.event_store_url)
             .env("RUST_LOG", "warn")
             .output()
             .expect("query-service binary (cargo build --release) runs");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), report)
     }
 }
 
