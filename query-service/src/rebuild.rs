@@ -36,7 +36,7 @@ pub struct RebuildReport {
 }
 
 /// Advisory lock key held for the whole rebuild ("rebuild" in ASCII).
-const REBUILD_LOCK_KEY: i64 = 0x72_65_62_75_69_6c_64;
+const REBUILD_LOCK_KEY: i64 = 0x0072_6562_7569_6c64;
 
 pub async fn rebuild(
     live: &PgPool,
