@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use command_service::commands::{Commands, RequestMeta};
-use event_store::{EventStore, GroupCommitConfig, GroupCommitter};
+use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use shared_kernel::{DateOfBirth, FightSkill, FightSkills, WarriorDraft, WarriorName};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
@@ -56,8 +56,8 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(Notify::new()),
         |_| {},
     );
-    let with_snapshots = Commands::new(store.clone(), writer.clone(), SNAPSHOT_EVERY);
-    let without_snapshots = Commands::new(store, writer, 0);
+    let with_snapshots = Commands::new(store.clone(), Appender::Grouped(writer.clone()), SNAPSHOT_EVERY);
+    let without_snapshots = Commands::new(store, Appender::Grouped(writer), 0);
 
     let meta = RequestMeta::default();
     let id = with_snapshots.create(&draft(0), &meta).await?.warrior().id;

@@ -6,7 +6,7 @@
 //! command either reports it (`If-Match` was given) or decides again.
 
 use chrono::Utc;
-use event_store::{AppendOutcome, EventStore, EventStoreError, GroupCommitter, NewEvent, Snapshot, StoredEvent};
+use event_store::{AppendOutcome, Appender, EventStore, EventStoreError, NewEvent, Snapshot, StoredEvent};
 use serde_json::{json, Value};
 use shared_kernel::{
     UnknownEventType, Warrior, WarriorAggregate, WarriorDraft, WarriorEvent, WarriorState, SCHEMA_VERSION,
@@ -77,16 +77,16 @@ impl Created {
 #[derive(Debug, Clone)]
 pub struct Commands {
     store: EventStore,
-    writer: GroupCommitter,
+    appender: Appender,
     /// Take a snapshot every this many events; 0 turns snapshots off.
     snapshot_every: i64,
 }
 
 impl Commands {
-    pub fn new(store: EventStore, writer: GroupCommitter, snapshot_every: i64) -> Self {
+    pub fn new(store: EventStore, appender: Appender, snapshot_every: i64) -> Self {
         Self {
             store,
-            writer,
+            appender,
             snapshot_every,
         }
     }
@@ -228,7 +228,7 @@ impl Commands {
         event: &WarriorEvent,
         meta: &RequestMeta,
     ) -> Result<AppendOutcome, EventStoreError> {
-        self.writer
+        self.appender
             .append(NewEvent {
                 event_id: Uuid::new_v4(),
                 aggregate_id: id,

@@ -39,7 +39,12 @@ pub struct Config {
     #[arg(long, env = "KAFKA_TOPIC", default_value = "warrior-events")]
     pub kafka_topic: String,
 
-    /// Most appends committed together; 1 turns group commit off.
+    /// Group concurrent appends into one statement. Off: every append is its
+    /// own statement and transaction (the baseline of the benchmarks).
+    #[arg(long, env = "GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+
+    /// Most appends committed together.
     #[arg(long, env = "APPEND_MAX_BATCH", default_value_t = 1024)]
     pub append_max_batch: usize,
 

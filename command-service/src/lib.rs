@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::routing::{get, post, put};
 use axum::Router;
-use event_store::{EventStore, GroupCommitConfig, GroupCommitter};
+use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::PgPoolOptions;
@@ -60,11 +60,22 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let store = EventStore::new(pool);
 
     let committed = Arc::new(Notify::new());
-    let group_commit = GroupCommitConfig {
-        max_batch: config.append_max_batch,
-        ..GroupCommitConfig::default()
+    let (appender, writer_task) = if config.group_commit {
+        let group_commit = GroupCommitConfig {
+            max_batch: config.append_max_batch,
+            ..GroupCommitConfig::default()
+        };
+        let (writer, task) = GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |size| {
+            metrics::histogram!("append_batch_size").record(size as f64);
+        });
+        (Appender::Grouped(writer), Some(task))
+    } else {
+        let direct = Appender::Direct {
+            store: store.clone(),
+            committed: committed.clone(),
+        };
+        (direct, None)
     };
-    let (writer, writer_task) = GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |_| {});
 
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()
@@ -83,7 +94,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     });
 
     let state = AppState {
-        commands: Commands::new(store, writer, config.snapshot_every),
+        commands: Commands::new(store, appender, config.snapshot_every),
         producer,
         topic: config.kafka_topic.clone(),
     };
@@ -96,7 +107,9 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .await?;
 
     // Requests are drained; the writer ends once its last sender is gone.
-    let _ = writer_task.await;
+    if let Some(task) = writer_task {
+        let _ = task.await;
+    }
     let _ = stop_relay.send(true);
     if let Some(task) = relay_task {
         let _ = task.await;

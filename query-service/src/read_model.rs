@@ -195,12 +195,12 @@ impl ReadModel {
 /// Returns the change in live warriors (1 when a new live row appeared).
 async fn upsert(tx: &mut Transaction<'_, Postgres>, e: &Applicable, state: &WarriorState) -> Result<i64, sqlx::Error> {
     let inserted: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, search_text, created_at, updated_at)
-         VALUES ($1, $2, false, $3, $4, $5, lower($3) || chr(31) || lower(array_to_string($5, chr(31))), $6, $6)
+        "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, search_text, created_at, updated_at, projected_at)
+         VALUES ($1, $2, false, $3, $4, $5, lower($3) || chr(31) || lower(array_to_string($5, chr(31))), $6, $6, clock_timestamp())
          ON CONFLICT (id) DO UPDATE
             SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
                 fight_skills = EXCLUDED.fight_skills, search_text = EXCLUDED.search_text,
-                updated_at = EXCLUDED.updated_at
+                updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
     )
@@ -219,9 +219,11 @@ async fn upsert(tx: &mut Transaction<'_, Postgres>, e: &Applicable, state: &Warr
 /// stays as a tombstone so late, older events cannot resurrect it.
 async fn tombstone(tx: &mut Transaction<'_, Postgres>, e: &Applicable) -> Result<i64, sqlx::Error> {
     let inserted: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO warriors (id, version, deleted, created_at, updated_at) VALUES ($1, $2, true, $3, $3)
+        "INSERT INTO warriors (id, version, deleted, created_at, updated_at, projected_at)
+         VALUES ($1, $2, true, $3, $3, clock_timestamp())
          ON CONFLICT (id) DO UPDATE
-            SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at
+            SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
+                projected_at = EXCLUDED.projected_at
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
     )

@@ -33,6 +33,35 @@ impl Default for GroupCommitConfig {
 
 type Reply = oneshot::Sender<Result<AppendOutcome, EventStoreError>>;
 
+/// How appends reach the database: grouped by the writer task, or each in
+/// its own statement straight from the caller (group commit off, the
+/// baseline benchmarks compare against).
+#[derive(Debug, Clone)]
+pub enum Appender {
+    Grouped(GroupCommitter),
+    Direct { store: EventStore, committed: Arc<Notify> },
+}
+
+impl Appender {
+    /// Appends one event; resolves once it is committed (or refused).
+    pub async fn append(&self, event: NewEvent) -> Result<AppendOutcome, EventStoreError> {
+        match self {
+            Self::Grouped(writer) => writer.append(event).await,
+            Self::Direct { store, committed } => {
+                let outcome = store
+                    .append_batch(std::slice::from_ref(&event))
+                    .await?
+                    .pop()
+                    .unwrap_or(AppendOutcome::Conflict);
+                if matches!(outcome, AppendOutcome::Committed { .. }) {
+                    committed.notify_one();
+                }
+                Ok(outcome)
+            }
+        }
+    }
+}
+
 /// Front door of the writer task. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GroupCommitter {

@@ -12,7 +12,7 @@ mod outbox;
 mod store;
 
 pub use error::EventStoreError;
-pub use group_commit::{GroupCommitConfig, GroupCommitter};
+pub use group_commit::{Appender, GroupCommitConfig, GroupCommitter};
 pub use outbox::OutboxLease;
 pub use store::{AppendOutcome, EventStore, NewEvent, Snapshot, StoredEvent, StreamHead};
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Durable creates/s straight at command-service, group commit on vs off.
+
+For each run, and each mode in turn, a fresh command-service instance starts
+on its own port (its relay off: the stack's instance relays, so Kafka and the
+projector keep working as in production), and wrk hammers `POST /warrior` at
+each connection count. Prints medians over the runs and appends them to
+docs/BENCHMARKS.md.
+
+    load-tests/bench_creates.py [--runs 3] [--seconds 10] [--connections 1,16,64,256]
+"""
+
+import argparse
+
+import benchlib
+
+POST = """
+wrk.method = "POST"
+wrk.body = '{"name":"Bench Warrior","dob":"1990-05-17","fight_skills":["Karate","Judo"]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+MODES = {"group commit": "true", "one transaction per create": "false"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", default="1,16,64,256")
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+
+    benchlib.ensure_wrk()
+    env = benchlib.stack_env()
+    results = {(mode, c): [] for mode in MODES for c in connections}
+    rss = {mode: [] for mode in MODES}
+    for run in range(args.runs):
+        for mode, group_commit in MODES.items():
+            instance = benchlib.Instance(
+                "command-service",
+                18095,
+                {
+                    "DATABASE_URL": env["EVENT_STORE_URL"],
+                    "KAFKA_BROKERS": env["KAFKA_BROKERS"],
+                    "GROUP_COMMIT": group_commit,
+                    "RELAY_ENABLED": "false",
+                    "DATABASE_MAX_CONNECTIONS": "32",
+                },
+            )
+            try:
+                for c in connections:
+                    before = instance.metric_sum_count("append_batch_size")
+                    figures = benchlib.wrk(instance.base + "/warrior", c, args.seconds, POST)
+                    after = instance.metric_sum_count("append_batch_size")
+                    batches = after[1] - before[1]
+                    figures["batch"] = (after[0] - before[0]) / batches if batches else 1.0
+                    results[(mode, c)].append(figures)
+                    print(f"run {run + 1} {mode:>27} c={c:<4} {figures['rps']:>9.0f} req/s  "
+                          f"p50 {figures['p50']:.2f} ms  p99 {figures['p99']:.2f} ms  batch {figures['batch']:.1f}  "
+                          f"non-2xx {figures['errors']} {figures['socket_errors']}", flush=True)
+                rss[mode].append(instance.peak_rss_mb())
+            finally:
+                instance.stop()
+
+    lines = [
+        f"`load-tests/bench_creates.py --runs {args.runs} --seconds {args.seconds}`: wrk → command-service "
+        "directly (`POST /warrior`, durable: fsync and synchronous_commit on), while the stack's relay, Kafka "
+        "and the projector process the stream. Medians of the runs; modes interleaved within each run.",
+        "",
+        "| connections | mode | creates/s | p50 ms | p99 ms | mean batch | non-2xx |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in connections:
+        for mode in MODES:
+            rows = results[(mode, c)]
+            lines.append(
+                f"| {c} | {mode} | {benchlib.median([r['rps'] for r in rows]):.0f} | "
+                f"{benchlib.median([r['p50'] for r in rows]):.2f} | {benchlib.median([r['p99'] for r in rows]):.2f} | "
+                f"{benchlib.median([r['batch'] for r in rows]):.1f} | {sum(r['errors'] for r in rows)} |"
+            )
+    lines.append("")
+    for c in connections:
+        on = benchlib.median([r["rps"] for r in results[("group commit", c)]])
+        off = benchlib.median([r["rps"] for r in results[("one transaction per create", c)]])
+        lines.append(f"- {c} connections: group commit / one transaction per create = {on / off:.2f}x")
+    for mode, values in rss.items():
+        lines.append(f"- peak RSS of command-service ({mode}): {max(values):.0f} MB")
+    benchlib.append_report("Durable creates, group commit on vs off", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

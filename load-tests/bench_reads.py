@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Reads at scale and projection lag.
+
+1. Loads the stack up to --warriors live warriors (creates through wrk).
+2. wrk at --connections straight at query-service: `GET /warrior/{id}` over
+   random known ids, and `GET /warrior?t=` with random 1–50 letter terms.
+3. Steady creates at about --rate per second for --seconds, then the
+   projection lag of exactly those rows from the read model itself
+   (projected_at − the event's occurred_at).
+Prints medians over --runs and appends them to docs/BENCHMARKS.md.
+
+    load-tests/bench_reads.py [--warriors 150000] [--runs 3] [--seconds 10]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import urllib.request
+import uuid
+
+import benchlib
+
+CREATE = """
+wrk.method = "POST"
+wrk.body = '{"name":"Bulk Warrior","dob":"1980-01-01","fight_skills":["Aikido"]}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+LOOKUP = """
+local ids = {}
+for line in io.lines("%s") do ids[#ids + 1] = line end
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/warrior/" .. ids[math.random(#ids)])
+end
+"""
+
+SEARCH = """
+local letters = "abcdefghijklmnopqrstuvwxyz  "
+math.randomseed(os.time())
+request = function()
+  local n = math.random(1, 50)
+  local term = {}
+  for i = 1, n do
+    local k = math.random(#letters)
+    term[i] = letters:sub(k, k)
+  end
+  local t = (table.concat(term):gsub("^%s+", ""):gsub("%s+$", ""))
+  if t == "" then t = "a" end
+  return wrk.format("GET", "/warrior?t=" .. (t:gsub(" ", "%%20")))
+end
+"""
+
+# Each connection waits this long between its requests: the rate is about
+# connections / (delay + latency).
+PACED = """
+wrk.method = "POST"
+wrk.body = '{"name":"%s","dob":"1980-01-01","fight_skills":["Kendo"]}'
+wrk.headers["Content-Type"] = "application/json"
+function delay() return %d end
+"""
+
+
+def count(gateway):
+    with urllib.request.urlopen(gateway + "/counting-warriors", timeout=10) as response:
+        return json.load(response)["count"]
+
+
+def psql(url, sql):
+    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True, text=True).stdout.split()
+
+
+def load_up_to(env, target):
+    while (have := count(env["GATEWAY_URL"])) < target:
+        print(f"loading: {have} of {target} warriors", flush=True)
+        benchlib.wrk(env["COMMAND_URL"] + "/warrior", 64, 10, CREATE)
+
+
+def pid_of(part):
+    return int((benchlib.ROOT / ".state" / "pids" / f"{part}.pid").read_text())
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warriors", type=int, default=150_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=1000)
+    args = parser.parse_args()
+
+    benchlib.ensure_wrk()
+    env = benchlib.stack_env()
+    load_up_to(env, args.warriors)
+    ids = psql(env["READ_MODEL_URL"], "SELECT id FROM warriors WHERE NOT deleted ORDER BY random() LIMIT 20000")
+    with tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False) as id_file:
+        id_file.write("\n".join(ids))
+
+    results = {"lookup": [], "search": [], "lag_p50": [], "lag_p99": [], "rate": []}
+    try:
+        for run in range(args.runs):
+            for name, lua, path in (("lookup", LOOKUP % id_file.name, "/"), ("search", SEARCH, "/")):
+                figures = benchlib.wrk(env["QUERY_URL"] + path, args.connections, args.seconds, lua)
+                results[name].append(figures)
+                print(f"run {run + 1} {name}: {figures}", flush=True)
+
+            marker = f"Lag Probe {uuid.uuid4().hex}"
+            connections = 10
+            delay_ms = max(1, round(connections * 1000 / args.rate) - 1)
+            paced = benchlib.wrk(env["COMMAND_URL"] + "/warrior", connections, args.seconds, PACED % (marker, delay_ms))
+            lag = psql(
+                env["READ_MODEL_URL"],
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) "
+                f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name = '{marker}') t",
+            )
+            results["rate"].append(paced["rps"])
+            results["lag_p50"].append(float(lag[0]))
+            results["lag_p99"].append(float(lag[1]))
+            print(f"run {run + 1} projection lag at {paced['rps']:.0f} creates/s: p50 {lag[0]} ms, p99 {lag[1]} ms", flush=True)
+    finally:
+        os.unlink(id_file.name)
+
+    def row(name, label):
+        rows = results[name]
+        return (
+            f"| {label} | {benchlib.median([r['rps'] for r in rows]):.0f} | {benchlib.median([r['p50'] for r in rows]):.2f} | "
+            f"{benchlib.median([r['p99'] for r in rows]):.2f} | {sum(r['errors'] for r in rows)} |"
+        )
+
+    body = "\n".join([
+        f"`load-tests/bench_reads.py --warriors {args.warriors} --runs {args.runs} --seconds {args.seconds}`: wrk with "
+        f"{args.connections} connections straight at query-service, {count(env['GATEWAY_URL'])} live warriors. "
+        "Lookups go over 20,000 random known ids (each lookup also checks the event store's head version for read "
+        "your writes); search terms are 1–50 random letters and spaces. Medians of the runs.",
+        "",
+        "| request | req/s | p50 ms | p99 ms | non-2xx |",
+        "|---|---|---|---|---|",
+        row("lookup", "`GET /warrior/{id}`"),
+        row("search", "`GET /warrior?t=…`"),
+        "",
+        f"Projection lag (event committed → row written in the read model) at a steady "
+        f"{benchlib.median(results['rate']):.0f} creates/s for {args.seconds} s: "
+        f"p50 {benchlib.median(results['lag_p50']):.1f} ms, p99 {benchlib.median(results['lag_p99']):.1f} ms.",
+        "",
+        f"Peak RSS: query-service {peak_rss_mb(pid_of('query-service')):.0f} MB, "
+        f"command-service {peak_rss_mb(pid_of('command-service')):.0f} MB.",
+    ])
+    benchlib.append_report("Reads at scale and projection lag", body)
+
+
+if __name__ == "__main__":
+    main()

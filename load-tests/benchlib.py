@@ -1,0 +1,151 @@
+"""Shared plumbing of the benchmark scripts: the stack's addresses, extra
+service instances, wrk runs and their parsing, medians, and the report file.
+
+Every figure is a median of several runs; alternatives (e.g. group commit on
+and off) are interleaved inside each run so the machine's noise hits both.
+"""
+
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "BENCHMARKS.md"
+
+
+def stack_env():
+    """The variables `./dev env` prints, after making sure the stack runs."""
+    subprocess.run([str(ROOT / "dev"), "up"], check=True, stdout=subprocess.DEVNULL)
+    out = subprocess.run([str(ROOT / "dev"), "env"], check=True, capture_output=True, text=True).stdout
+    env = {}
+    for line in out.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.strip("'\"")
+    return env
+
+
+def ensure_wrk():
+    if shutil.which("wrk") is None:
+        subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)
+
+
+def wait_http(url, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {seconds}s")
+
+
+class Instance:
+    """An extra service process from the release binary, on its own port."""
+
+    def __init__(self, binary, port, env):
+        self.base = f"http://127.0.0.1:{port}"
+        full_env = {**os.environ, **env, "LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn"}
+        self.process = subprocess.Popen(
+            [str(ROOT / "target" / "release" / binary)],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_http(self.base + "/health")
+
+    def peak_rss_mb(self):
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metric_sum_count(self, name):
+        """(sum, count) of a Prometheus histogram."""
+        text = urllib.request.urlopen(self.base + "/metrics", timeout=5).read().decode()
+        found = {}
+        for suffix in ("_sum", "_count"):
+            match = re.search(rf"^{name}{suffix}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+            found[suffix] = float(match.group(1)) if match else 0.0
+        return found["_sum"], found["_count"]
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text):
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def wrk(url, connections, seconds, lua):
+    """Runs wrk with a Lua script; returns req/s, p50/p99 ms, non-2xx count."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua)
+    try:
+        threads = min(2, connections)
+        out = subprocess.run(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name, url],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    finally:
+        os.unlink(script.name)
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": _ms(percentiles["50"]),
+        "p99": _ms(percentiles["99"]),
+        "errors": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def machine():
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB RAM, {os.uname().sysname} {os.uname().release}"
+
+
+def commit():
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+def append_report(title, body):
+    """Appends a dated section to docs/BENCHMARKS.md and echoes it."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = f"\n## {title} — {stamp}\n\nMachine: {machine()}. Commit: `{commit()}`.\n\n{body.rstrip()}\n"
+    if not REPORT.exists():
+        REPORT.write_text("# Benchmarks\n\nAppended by the scripts in `load-tests/`; newest last.\n")
+    with REPORT.open("a") as report:
+        report.write(section)
+    sys.stdout.write(section)
