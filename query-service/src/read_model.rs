@@ -101,16 +101,19 @@ impl ReadModel {
     }
 
     /// Live warriors whose name or any skill contains `term`, ignoring case.
+    ///
+    /// Two statements, because one prepared statement gets one generic plan:
+    /// terms of three characters or more use the trigram index; shorter ones
+    /// have no trigram to look up (the index would be scanned whole), so they
+    /// scan rows and stop at the first 50 matches, which short terms find fast.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
-        let sql = format!(
-            "SELECT {WARRIOR_COLUMNS} FROM warriors
-             WHERE NOT deleted AND search_text LIKE '%' || lower($1) || '%'
-             LIMIT {PAGE}"
-        );
-        let rows: Vec<WarriorRow> = sqlx::query_as(&sql)
-            .bind(escape_like(term))
-            .fetch_all(&self.pool)
-            .await?;
+        let (condition, bound) = if term.chars().count() >= 3 {
+            ("search_text LIKE '%' || lower($1) || '%'", escape_like(term))
+        } else {
+            ("strpos(search_text, lower($1)) > 0", term.to_owned())
+        };
+        let sql = format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND {condition} LIMIT {PAGE}");
+        let rows: Vec<WarriorRow> = sqlx::query_as(&sql).bind(bound).fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Warrior::from).collect())
     }
 

@@ -64,13 +64,14 @@ pub async fn shutdown_signal() {
 /// and `GET /metrics`, a request id
 /// (kept from nginx or generated) echoed on the response and recorded on the
 /// request's span, the body limit, a request timeout, a problem+json 404 for
-/// unknown routes, and a panic guard that answers 500 instead of dropping the
+/// unknown routes and methods, and a panic guard that answers 500 instead of dropping the
 /// connection.
 pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: PrometheusHandle) -> Router {
     router
         .route_layer(middleware::from_fn(track_requests))
         .route("/metrics", get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -89,6 +90,10 @@ pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: Pr
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept that method")
 }
 
 async fn not_found() -> Problem {

@@ -204,3 +204,58 @@ async fn camel_case_skills_alias_is_accepted_and_answered_in_snake_case() {
     assert_eq!(created["fight_skills"], json!(["Jian"]));
     assert!(created.get("fightSkills").is_none());
 }
+
+#[tokio::test]
+async fn hostile_bodies_get_4xx_problems() {
+    let stack = Stack::from_env();
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"{\"name\":\"\xff\xfe\",\"dob\":\"2000-01-01\"}".to_vec(), 400),
+        (nested.into_bytes(), 413),
+        (
+            format!("{{\"a\":{}1{}}}", "{\"a\":".repeat(200), "}".repeat(200)).into_bytes(),
+            400,
+        ),
+        (vec![b'x'; 1024 * 1024], 413),
+    ];
+    for (body, expected) in cases {
+        let len = body.len();
+        let response = stack
+            .http
+            .post(stack.at("/warrior"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(response.status(), expected, "body of {len} bytes");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+    }
+}
+
+#[tokio::test]
+async fn garbage_paths_and_methods_get_4xx_problems() {
+    let stack = Stack::from_env();
+    let cases = [
+        ("GET", "/nope", 404),
+        ("GET", "/warrior/a/b/c", 404),
+        ("PATCH", "/warrior", 405),
+        ("DELETE", "/counting-warriors", 405),
+        ("POST", "/api/v1/queries/warriors", 405),
+    ];
+    for (method, path, expected) in cases {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let response = stack
+            .http
+            .request(method.clone(), stack.at(path))
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(response.status(), expected, "{method} {path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+    }
+}
