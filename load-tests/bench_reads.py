@@ -22,11 +22,7 @@ import uuid
 
 import benchlib
 
-CREATE = """
-wrk.method = "POST"
-wrk.body = '{"name":"Bulk Warrior","dob":"1980-01-01","fight_skills":["Aikido"]}'
-wrk.headers["Content-Type"] = "application/json"
-"""
+CREATE = benchlib.random_create_lua()
 
 LOOKUP = """
 local ids = {}
@@ -53,14 +49,11 @@ request = function()
 end
 """
 
-# Each connection waits this long between its requests: the rate is about
-# connections / (delay + latency).
-PACED = """
-wrk.method = "POST"
-wrk.body = '{"name":"%s","dob":"1980-01-01","fight_skills":["Kendo"]}'
-wrk.headers["Content-Type"] = "application/json"
-function delay() return %d end
-"""
+
+def paced_lua(marker, delay_ms):
+    """Random creates named `marker…`; each connection waits delay_ms between
+    requests, so the rate is about connections / (delay + latency)."""
+    return benchlib.random_create_lua(marker + " ", f"\nfunction delay() return {delay_ms} end\n")
 
 
 def count(gateway):
@@ -113,14 +106,14 @@ def main():
                 results[name].append(figures)
                 print(f"run {run + 1} {name}: {figures}", flush=True)
 
-            marker = f"Lag Probe {uuid.uuid4().hex}"
+            marker = f"Lag{uuid.uuid4().hex}"
             connections = 10
             delay_ms = max(1, round(connections * 1000 / args.rate) - 1)
-            paced = benchlib.wrk(env["COMMAND_URL"] + "/warrior", connections, args.seconds, PACED % (marker, delay_ms))
+            paced = benchlib.wrk(env["COMMAND_URL"] + "/warrior", connections, args.seconds, paced_lua(marker, delay_ms))
             lag = psql(
                 env["READ_MODEL_URL"],
                 "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) "
-                f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name = '{marker}') t",
+                f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name LIKE '{marker} %') t",
             )
             results["rate"].append(paced["rps"])
             results["lag_p50"].append(float(lag[0]))

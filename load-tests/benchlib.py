@@ -33,6 +33,38 @@ def stack_env():
     return env
 
 
+def random_create_lua(name_prefix="", extra=""):
+    """wrk script posting warriors with random names and skills, like the
+    Gatling feeder's: identical rows would make every search term hit the
+    same trigrams, a distribution no real read model has."""
+    return """
+local letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ  "
+local skills = {"Karate", "Judo", "Kendo", "Aikido", "Katana", "Muay Thai", "Capoeira", "Krav Maga", "Savate", "Sambo"}
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local function word(n)
+  local out = {}
+  for i = 1, n do
+    local k = math.random(#letters)
+    out[i] = letters:sub(k, k)
+  end
+  return (table.concat(out):gsub("^%s+", "x"):gsub("%s+$", "x"))
+end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local body = string.format('{"name":"%s%s","dob":"19%02d-%02d-%02d","fight_skills":["%s","%s"]}',
+    "PREFIX", word(math.random(5, 60)), math.random(40, 99), math.random(1, 12), math.random(1, 28),
+    skills[math.random(#skills)], skills[math.random(#skills)])
+  return wrk.format(nil, nil, nil, body)
+end
+""".replace("PREFIX", name_prefix) + extra
+
+
+def dev(*args):
+    """Runs ./dev with arguments, quietly."""
+    subprocess.run([str(ROOT / "dev"), *args], check=True, stdout=subprocess.DEVNULL)
+
+
 def ensure_wrk():
     if shutil.which("wrk") is None:
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, stdout=subprocess.DEVNULL)

@@ -61,6 +61,14 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub database_max_connections: u32,
 
+    /// Connections reserved for searches (a separate pool).
+    #[arg(long, env = "SEARCH_MAX_CONNECTIONS", default_value_t = 6, global = true)]
+    pub search_max_connections: u32,
+
+    /// A search running longer is cancelled (503) rather than holding a connection.
+    #[arg(long, env = "SEARCH_TIMEOUT_MS", default_value_t = 1000, global = true)]
+    pub search_timeout_ms: u64,
+
     /// How long a request may wait for a database connection before it gets 503.
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000, global = true)]
     pub database_timeout_ms: u64,

@@ -171,7 +171,12 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .run(&read_pool)
         .await
         .context("cannot migrate the read model")?;
-    let read_model = ReadModel::new(read_pool);
+    let search_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
+    let search_pool = PgPoolOptions::new()
+        .max_connections(config.search_max_connections)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy_with(search_options.options([("statement_timeout", config.search_timeout_ms.to_string())]));
+    let read_model = ReadModel::new(read_pool).with_search_pool(search_pool);
     let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
 
     let consumer: StreamConsumer<ProjectorContext> =

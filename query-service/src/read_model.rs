@@ -77,11 +77,22 @@ const WARRIOR_COLUMNS: &str = "id, name, dob, fight_skills, version";
 #[derive(Debug, Clone)]
 pub struct ReadModel {
     pool: PgPool,
+    /// Searches run on their own (smaller, time-limited) pool, so a burst of
+    /// expensive searches can never starve lookups, counts or the projector.
+    search_pool: PgPool,
 }
 
 impl ReadModel {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            search_pool: pool.clone(),
+            pool,
+        }
+    }
+
+    /// Gives searches a pool of their own (a bulkhead).
+    pub fn with_search_pool(self, search_pool: PgPool) -> Self {
+        Self { search_pool, ..self }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -113,7 +124,7 @@ impl ReadModel {
             ("strpos(search_text, lower($1)) > 0", term.to_owned())
         };
         let sql = format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND {condition} LIMIT {PAGE}");
-        let rows: Vec<WarriorRow> = sqlx::query_as(&sql).bind(bound).fetch_all(&self.pool).await?;
+        let rows: Vec<WarriorRow> = sqlx::query_as(&sql).bind(bound).fetch_all(&self.search_pool).await?;
         Ok(rows.into_iter().map(Warrior::from).collect())
     }
 
@@ -121,7 +132,7 @@ impl ReadModel {
     pub async fn recent(&self) -> Result<Vec<Warrior>, sqlx::Error> {
         let sql =
             format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted ORDER BY created_at DESC LIMIT {PAGE}");
-        let rows: Vec<WarriorRow> = sqlx::query_as(&sql).fetch_all(&self.pool).await?;
+        let rows: Vec<WarriorRow> = sqlx::query_as(&sql).fetch_all(&self.search_pool).await?;
         Ok(rows.into_iter().map(Warrior::from).collect())
     }
 
