@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import urllib.request
 import uuid
 
@@ -62,13 +63,46 @@ def count(gateway):
 
 
 def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True, text=True).stdout.split()
+    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True, text=True).stdout.split("\n")
 
 
 def load_up_to(env, target):
     while (have := count(env["GATEWAY_URL"])) < target:
         print(f"loading: {have} of {target} warriors", flush=True)
         benchlib.wrk(env["COMMAND_URL"] + "/warrior", 64, 10, CREATE)
+
+
+def metric_total(url, name):
+    """Sum of all series of a metric on a /metrics page."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def wait_caught_up(env, seconds=300):
+    """Waits until nothing is waiting in the outbox or on Kafka, so a
+    measurement never starts in the middle of the projection's backlog."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pending = metric_total(env["COMMAND_URL"], "relay_lag_events") + metric_total(env["QUERY_URL"], "projector_lag_events")
+        if pending == 0:
+            return
+        time.sleep(1)
+    raise RuntimeError("the projection did not catch up")
+
+
+def projected_lag(env, marker, expected, seconds=60):
+    """p50 and p99 of (projected_at − occurred_at) in ms over the rows named
+    marker…, once all `expected` of them are in the read model."""
+    deadline = time.monotonic() + seconds
+    sql = (
+        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) "
+        f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name LIKE '{marker} %') t"
+    )
+    while True:
+        found = psql(env["READ_MODEL_URL"], sql)[0].split("|")
+        if int(found[0]) >= expected or time.monotonic() > deadline:
+            return float(found[1] or "nan"), float(found[2] or "nan")
+        time.sleep(0.5)
 
 
 def pid_of(part):
@@ -94,7 +128,8 @@ def main():
     benchlib.ensure_wrk()
     env = benchlib.stack_env()
     load_up_to(env, args.warriors)
-    ids = psql(env["READ_MODEL_URL"], "SELECT id FROM warriors WHERE NOT deleted ORDER BY random() LIMIT 20000")
+    wait_caught_up(env)
+    ids = [i for i in psql(env["READ_MODEL_URL"], "SELECT id FROM warriors WHERE NOT deleted ORDER BY random() LIMIT 20000") if i]
     with tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False) as id_file:
         id_file.write("\n".join(ids))
 
@@ -110,14 +145,10 @@ def main():
             connections = 10
             delay_ms = max(1, round(connections * 1000 / args.rate) - 1)
             paced = benchlib.wrk(env["COMMAND_URL"] + "/warrior", connections, args.seconds, paced_lua(marker, delay_ms))
-            lag = psql(
-                env["READ_MODEL_URL"],
-                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) "
-                f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name LIKE '{marker} %') t",
-            )
+            lag = projected_lag(env, marker, int(paced["rps"] * args.seconds * 0.95))
             results["rate"].append(paced["rps"])
-            results["lag_p50"].append(float(lag[0]))
-            results["lag_p99"].append(float(lag[1]))
+            results["lag_p50"].append(lag[0])
+            results["lag_p99"].append(lag[1])
             print(f"run {run + 1} projection lag at {paced['rps']:.0f} creates/s: p50 {lag[0]} ms, p99 {lag[1]} ms", flush=True)
     finally:
         os.unlink(id_file.name)

@@ -53,6 +53,9 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "5")
+        // librdkafka pre-fetches up to 64 MB per consumer by default; a
+        // projector applying 500-event batches needs a fraction of that.
+        .set("queued.max.messages.kbytes", "4096")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
     config
