@@ -1,8 +1,10 @@
 //! The read model: rows shaped for lookups, search and counting, and the
 //! idempotent application of events to them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
-use shared_kernel::{Warrior, WarriorEvent, WarriorState};
+use shared_kernel::{Warrior, WarriorEvent};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -169,35 +171,39 @@ impl ReadModel {
     /// Applies a batch in one transaction together with the offsets it
     /// reaches, so a crash leaves either all of it or none. Events older than
     /// (or equal to) a row's version are ignored: replays change nothing.
+    ///
+    /// Events carry the full state, so only each warrior's newest event of
+    /// the batch matters; the rest is written with two set-based statements
+    /// (states, tombstones) whatever the batch size.
     pub async fn apply(
         &self,
         topic: &str,
         events: &[Applicable],
         offsets: &[PartitionOffset],
     ) -> Result<(), sqlx::Error> {
+        let (states, tombstones): (Vec<&Applicable>, Vec<&Applicable>) = newest_per_warrior(events)
+            .into_iter()
+            .partition(|e| !matches!(e.event, WarriorEvent::Deleted));
         let mut tx = self.pool.begin().await?;
-        let mut live_delta = 0_i64;
-        for e in events {
-            live_delta += match &e.event {
-                WarriorEvent::Created(state) | WarriorEvent::Updated(state) => upsert(&mut tx, e, state).await?,
-                WarriorEvent::Deleted => tombstone(&mut tx, e).await?,
-            };
-        }
+        let live_delta = upsert_states(&mut tx, &states).await? - bury(&mut tx, &tombstones).await?;
         if live_delta != 0 {
             sqlx::query("UPDATE warrior_count SET live = live + $1")
                 .bind(live_delta)
                 .execute(&mut *tx)
                 .await?;
         }
-        for offset in offsets {
+        if !offsets.is_empty() {
+            let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
+            let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
             sqlx::query(
-                "INSERT INTO projection_offsets (topic, partition, next_offset) VALUES ($1, $2, $3)
+                "INSERT INTO projection_offsets (topic, partition, next_offset)
+                 SELECT $1, * FROM UNNEST($2::int[], $3::bigint[])
                  ON CONFLICT (topic, partition)
                  DO UPDATE SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset)",
             )
             .bind(topic)
-            .bind(offset.partition)
-            .bind(offset.next_offset)
+            .bind(&partitions)
+            .bind(&next)
             .execute(&mut *tx)
             .await?;
         }
@@ -205,12 +211,52 @@ impl ReadModel {
     }
 }
 
-/// Writes a warrior's state if `e` is newer than what the row holds.
-/// Returns the change in live warriors (1 when a new live row appeared).
-async fn upsert(tx: &mut Transaction<'_, Postgres>, e: &Applicable, state: &WarriorState) -> Result<i64, sqlx::Error> {
-    let inserted: Option<bool> = sqlx::query_scalar(
+/// The newest event of each warrior in a batch.
+fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
+    let mut newest: HashMap<Uuid, &Applicable> = HashMap::with_capacity(events.len());
+    for e in events {
+        newest
+            .entry(e.aggregate_id)
+            .and_modify(|kept| {
+                if kept.version < e.version {
+                    *kept = e;
+                }
+            })
+            .or_insert(e);
+    }
+    newest.into_values().collect()
+}
+
+/// Writes each warrior's state where it is newer than the row's. Returns
+/// how many new live rows appeared (for the count).
+async fn upsert_states(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable]) -> Result<i64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut versions = Vec::with_capacity(events.len());
+    let mut names = Vec::with_capacity(events.len());
+    let mut dobs = Vec::with_capacity(events.len());
+    let mut skills = Vec::with_capacity(events.len());
+    let mut times = Vec::with_capacity(events.len());
+    for e in events {
+        if let WarriorEvent::Created(state) | WarriorEvent::Updated(state) = &e.event {
+            ids.push(e.aggregate_id);
+            versions.push(e.version);
+            names.push(state.name.as_str());
+            dobs.push(state.dob);
+            // Ragged arrays cannot be unnested as text[][]; JSON arrays can.
+            skills.push(serde_json::json!(state.fight_skills));
+            times.push(e.occurred_at);
+        }
+    }
+    let inserted: Vec<bool> = sqlx::query_scalar(
         "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, search_text, created_at, updated_at, projected_at)
-         VALUES ($1, $2, false, $3, $4, $5, lower($3) || chr(31) || lower(array_to_string($5, chr(31))), $6, $6, clock_timestamp())
+         SELECT id, version, false, name, dob, skills,
+                lower(name) || chr(31) || lower(array_to_string(skills, chr(31))), at, at, clock_timestamp()
+         FROM (SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
+               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[])
+                    AS t(id, version, name, dob, s, at)) AS input
          ON CONFLICT (id) DO UPDATE
             SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
                 fight_skills = EXCLUDED.fight_skills, search_text = EXCLUDED.search_text,
@@ -218,36 +264,46 @@ async fn upsert(tx: &mut Transaction<'_, Postgres>, e: &Applicable, state: &Warr
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
     )
-    .bind(e.aggregate_id)
-    .bind(e.version)
-    .bind(&state.name)
-    .bind(state.dob)
-    .bind(&state.fight_skills)
-    .bind(e.occurred_at)
-    .fetch_optional(&mut **tx)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&names)
+    .bind(&dobs)
+    .bind(&skills)
+    .bind(&times)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(i64::from(inserted == Some(true)))
+    Ok(inserted.iter().filter(|i| **i).count() as i64)
 }
 
-/// Marks a warrior deleted if `e` is newer than what the row holds; the row
-/// stays as a tombstone so late, older events cannot resurrect it.
-async fn tombstone(tx: &mut Transaction<'_, Postgres>, e: &Applicable) -> Result<i64, sqlx::Error> {
-    let inserted: Option<bool> = sqlx::query_scalar(
+/// Marks warriors deleted where the deletion is newer than the row; the row
+/// stays as a tombstone (version only, data cleared, so a tombstone is the
+/// same however the events were batched) and late, older events cannot
+/// resurrect it. Returns
+/// how many live rows became tombstones (a fresh tombstone was never counted).
+async fn bury(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable]) -> Result<i64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let inserted: Vec<bool> = sqlx::query_scalar(
         "INSERT INTO warriors (id, version, deleted, created_at, updated_at, projected_at)
-         VALUES ($1, $2, true, $3, $3, clock_timestamp())
+         SELECT id, version, true, at, at, clock_timestamp()
+         FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[]) AS t(id, version, at)
          ON CONFLICT (id) DO UPDATE
             SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
-                projected_at = EXCLUDED.projected_at
+                projected_at = EXCLUDED.projected_at,
+                name = NULL, dob = NULL, fight_skills = '{}', search_text = ''
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
     )
-    .bind(e.aggregate_id)
-    .bind(e.version)
-    .bind(e.occurred_at)
-    .fetch_optional(&mut **tx)
+    .bind(&ids)
+    .bind(&versions)
+    .bind(&times)
+    .fetch_all(&mut **tx)
     .await?;
-    // A live row turned into a tombstone: one fewer. A fresh tombstone: no change.
-    Ok(if inserted == Some(false) { -1 } else { 0 })
+    Ok(inserted.iter().filter(|i| !**i).count() as i64)
 }
 
 /// Makes `term` match literally inside a LIKE pattern.
@@ -265,6 +321,34 @@ fn escape_like(term: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(id: Uuid, version: i64, event: WarriorEvent) -> Applicable {
+        Applicable {
+            aggregate_id: id,
+            version,
+            occurred_at: Utc::now(),
+            event,
+        }
+    }
+
+    #[test]
+    fn only_the_newest_event_of_each_warrior_is_kept() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let batch = vec![
+            event(a, 1, WarriorEvent::Deleted),
+            event(b, 2, WarriorEvent::Deleted),
+            event(a, 3, WarriorEvent::Deleted),
+            event(a, 2, WarriorEvent::Deleted),
+        ];
+        let mut kept: Vec<(Uuid, i64)> = newest_per_warrior(&batch)
+            .iter()
+            .map(|e| (e.aggregate_id, e.version))
+            .collect();
+        kept.sort();
+        let mut expected = vec![(a, 3), (b, 2)];
+        expected.sort();
+        assert_eq!(kept, expected);
+    }
 
     #[test]
     fn like_wildcards_are_escaped() {

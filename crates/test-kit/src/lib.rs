@@ -100,6 +100,14 @@ impl Stack {
         self.query_admin(&["verify", "--wait-ms", &wait.as_millis().to_string()])
     }
 
+    /// Waits until every event in the event store is projected (verify is
+    /// clean). Fault tests end with it, so the next test binary starts on a
+    /// settled stack rather than on a projection still catching up.
+    pub fn wait_until_settled(&self, deadline: Duration) {
+        let (clean, report) = self.verify(deadline);
+        assert!(clean, "the stack did not settle within {deadline:?}:\n{report}");
+    }
+
     /// Runs `query-service rebuild`; returns whether it succeeded, and its report.
     pub fn rebuild(&self) -> (bool, String) {
         self.query_admin(&["rebuild"])

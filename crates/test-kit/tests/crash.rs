@@ -62,4 +62,5 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
         (outbox_holds(&event_store, id).await == 0).then_some(())
     })
     .await;
+    stack.wait_until_settled(Duration::from_secs(60));
 }

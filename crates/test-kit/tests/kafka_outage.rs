@@ -23,4 +23,5 @@ async fn writes_succeed_while_kafka_is_down_and_are_published_in_order_after() {
     )
     .await;
     assert_complete_and_ordered(&written, &seen);
+    stack.wait_until_settled(Duration::from_secs(120));
 }

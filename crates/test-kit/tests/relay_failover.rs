@@ -61,4 +61,5 @@ async fn only_one_instance_relays_and_the_other_takes_over_when_it_dies() {
 
     spare.kill().await;
     stack.dev(&["up"]);
+    stack.wait_until_settled(Duration::from_secs(60));
 }
