@@ -21,28 +21,28 @@ use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::projector::{Projector, ProjectorContext};
+use crate::projector::{AppliedBatch, Projector, ProjectorContext};
 use crate::read_model::{Lookup, ReadModel};
 
 /// Migrations of the read-model database, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
 
-/// How often a read-your-writes waiter re-checks even without a local
-/// signal (another instance's projector may have applied the event).
-const RYW_RECHECK: Duration = Duration::from_millis(20);
+/// How often a read-your-writes waiter re-reads without a local signal (for
+/// events applied by another instance's projector).
+const RYW_RECHECK: Duration = Duration::from_millis(100);
 
 /// Everything a handler may touch, passed explicitly through axum's `State`.
 #[derive(Clone)]
 pub struct AppState {
     pub read_model: ReadModel,
     pub event_store: EventStore,
-    pub applied: watch::Receiver<u64>,
+    pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
     pub topic: String,
@@ -71,24 +71,35 @@ impl AppState {
         metrics::counter!("read_your_writes_waits_total").increment(1);
         let started = Instant::now();
         let deadline = started + self.read_your_writes_timeout;
-        let mut applied = self.applied.clone();
+        // Subscribe, then read again: an event applied in between is seen.
+        let mut applied = self.applied.subscribe();
+        lookup = self.read_model.lookup(id).await?;
+        // Re-read when this warrior was applied here (or we cannot tell), and
+        // on a slow timer for projectors of other instances: waiters must not
+        // turn every batch into a burst of queries.
+        let mut next_recheck = Instant::now() + RYW_RECHECK;
         while lookup.version() < Some(head.version) {
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 metrics::counter!("read_your_writes_timeouts_total").increment(1);
                 return Err(ApiError::ProjectionLagging);
             }
-            let pause = RYW_RECHECK.min(deadline - now);
-            tokio::select! {
-                changed = applied.changed() => {
-                    if changed.is_err() {
-                        // Projector gone (shutting down): fall back to pacing by time.
-                        tokio::time::sleep(pause).await;
+            let reread = tokio::select! {
+                received = applied.recv() => match received {
+                    Ok(batch) => batch.iter().any(|(applied_id, version)| *applied_id == id && *version >= head.version),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(next_recheck.min(deadline)).await;
+                        true
                     }
-                }
-                () = tokio::time::sleep(pause) => {}
+                },
+                () = tokio::time::sleep_until(next_recheck.min(deadline)) => true,
+            };
+            if Instant::now() >= next_recheck {
+                next_recheck = Instant::now() + RYW_RECHECK;
             }
-            lookup = self.read_model.lookup(id).await?;
+            if reread {
+                lookup = self.read_model.lookup(id).await?;
+            }
         }
         metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
         Ok(lookup)
@@ -187,7 +198,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()
         .context("cannot create the Kafka producer")?;
-    let (applied_tx, applied_rx) = watch::channel(0_u64);
+    let (applied, _) = broadcast::channel(256);
     let (stop_projector, projector_stop_rx) = watch::channel(false);
     let projector = Projector {
         consumer,
@@ -195,14 +206,14 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         read_model: read_model.clone(),
         topic: config.kafka_topic.clone(),
         max_batch: config.projector_batch,
-        applied: applied_tx,
+        applied: applied.clone(),
     };
     let projector_task = tokio::spawn(projector.run(projector_stop_rx));
 
     let state = AppState {
         read_model,
         event_store,
-        applied: applied_rx,
+        applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,
         topic: config.kafka_topic.clone(),

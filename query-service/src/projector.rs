@@ -16,7 +16,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
 
 use crate::read_model::{Applicable, PartitionOffset, ReadModel};
 
@@ -41,14 +44,18 @@ impl ClientContext for ProjectorContext {
 
 impl ConsumerContext for ProjectorContext {}
 
+/// The (warrior id, version) pairs of one committed batch.
+pub type AppliedBatch = Arc<Vec<(Uuid, i64)>>;
+
 pub struct Projector {
     pub consumer: StreamConsumer<ProjectorContext>,
     pub dlq_producer: FutureProducer,
     pub read_model: ReadModel,
     pub topic: String,
     pub max_batch: usize,
-    /// Bumped after every applied batch; read-your-writes waiters watch it.
-    pub applied: watch::Sender<u64>,
+    /// Announces the (warrior, version) pairs of every committed batch, so
+    /// read-your-writes waiters re-read only when their warrior was applied.
+    pub applied: broadcast::Sender<AppliedBatch>,
 }
 
 /// One consumed message, decoded or not.
@@ -148,7 +155,10 @@ impl Projector {
         }
         metrics::histogram!("projector_batch_size").record(events.len() as f64);
         metrics::counter!("projector_events_applied_total").increment(events.len() as u64);
-        self.applied.send_modify(|n| *n = n.wrapping_add(1));
+        // No receiver (nobody waiting) is fine.
+        let _ = self
+            .applied
+            .send(Arc::new(events.iter().map(|e| (e.aggregate_id, e.version)).collect()));
         self.commit(&offsets);
         true
     }
