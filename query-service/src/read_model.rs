@@ -115,17 +115,25 @@ impl ReadModel {
 
     /// Live warriors whose name or any skill contains `term`, ignoring case.
     ///
-    /// Two statements, because one prepared statement gets one generic plan:
-    /// terms of three characters or more use the trigram index; shorter ones
-    /// have no trigram to look up (the index would be scanned whole), so they
-    /// scan rows and stop at the first 50 matches, which short terms find fast.
+    /// Names are matched through their trigram index; skills through the
+    /// small table of distinct skills (trigram-indexed), then the rows holding
+    /// any matching skill (array index). Terms under three characters have no
+    /// trigram, so they get a statement of their own (one prepared statement
+    /// has one generic plan) that scans and stops at the first 50 matches.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
-        let (condition, bound) = if term.chars().count() >= 3 {
-            ("search_text LIKE '%' || lower($1) || '%'", escape_like(term))
+        let (contains, bound) = if term.chars().count() >= 3 {
+            ("COLUMN LIKE '%' || lower($1) || '%'", escape_like(term))
         } else {
-            ("strpos(search_text, lower($1)) > 0", term.to_owned())
+            ("strpos(COLUMN, lower($1)) > 0", term.to_owned())
         };
-        let sql = format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND {condition} LIMIT {PAGE}");
+        let sql = format!(
+            "SELECT {WARRIOR_COLUMNS} FROM warriors
+             WHERE NOT deleted
+               AND ({} OR skills_lower && ARRAY(SELECT name_lower FROM skill_names WHERE {}))
+             LIMIT {PAGE}",
+            contains.replace("COLUMN", "search_text"),
+            contains.replace("COLUMN", "name_lower"),
+        );
         let rows: Vec<WarriorRow> = sqlx::query_as(&sql).bind(bound).fetch_all(&self.search_pool).await?;
         Ok(rows.into_iter().map(Warrior::from).collect())
     }
@@ -251,15 +259,17 @@ async fn upsert_states(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable
         }
     }
     let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, search_text, created_at, updated_at, projected_at)
-         SELECT id, version, false, name, dob, skills,
-                lower(name) || chr(31) || lower(array_to_string(skills, chr(31))), at, at, clock_timestamp()
+        "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, skills_lower, search_text,
+                               created_at, updated_at, projected_at)
+         SELECT id, version, false, name, dob, skills, ARRAY(SELECT DISTINCT lower(x) FROM unnest(skills) AS x),
+                lower(name), at, at, clock_timestamp()
          FROM (SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
                FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[])
                     AS t(id, version, name, dob, s, at)) AS input
          ON CONFLICT (id) DO UPDATE
             SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
-                fight_skills = EXCLUDED.fight_skills, search_text = EXCLUDED.search_text,
+                fight_skills = EXCLUDED.fight_skills, skills_lower = EXCLUDED.skills_lower,
+                search_text = EXCLUDED.search_text,
                 updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
@@ -271,6 +281,16 @@ async fn upsert_states(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable
     .bind(&skills)
     .bind(&times)
     .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        // Sorted, so two projectors inserting the same new skills cannot deadlock.
+        "INSERT INTO skill_names
+         SELECT name FROM (SELECT DISTINCT lower(jsonb_array_elements_text(s)) AS name FROM UNNEST($1::jsonb[]) AS s) AS d
+         ORDER BY name
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&skills)
+    .execute(&mut **tx)
     .await?;
     Ok(inserted.iter().filter(|i| **i).count() as i64)
 }
@@ -294,7 +314,7 @@ async fn bury(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable]) -> Res
          ON CONFLICT (id) DO UPDATE
             SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
                 projected_at = EXCLUDED.projected_at,
-                name = NULL, dob = NULL, fight_skills = '{}', search_text = ''
+                name = NULL, dob = NULL, fight_skills = '{}', skills_lower = '{}', search_text = ''
             WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
          RETURNING (xmax = 0)",
     )
