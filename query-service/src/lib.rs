@@ -188,6 +188,14 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .acquire_timeout(config.database_timeout())
         .connect_lazy_with(search_options.options([("statement_timeout", config.search_timeout_ms.to_string())]));
     let read_model = ReadModel::new(read_pool).with_search_pool(search_pool);
+    // The projector writes through connections of its own: under load it
+    // must never queue behind lookups for the shared pool (it did, fell
+    // behind, and read-your-writes lookups then waited on it).
+    let projector_pool = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy(&config.database_url)
+        .context("invalid DATABASE_URL")?;
     let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
 
     let consumer: StreamConsumer<ProjectorContext> =
@@ -203,7 +211,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let projector = Projector {
         consumer,
         dlq_producer: producer.clone(),
-        read_model: read_model.clone(),
+        read_model: ReadModel::new(projector_pool),
         topic: config.kafka_topic.clone(),
         max_batch: config.projector_batch,
         applied: applied.clone(),
