@@ -21,6 +21,21 @@ async fn delete(stack: &Stack, id: &str, if_match: Option<&str>) -> reqwest::Res
     request.send().await.expect("reachable")
 }
 
+/// The warrior's audit trail, as the API returns it.
+async fn history(stack: &Stack, id: &str) -> Vec<Value> {
+    stack
+        .get(&format!("/warrior/{id}/events"))
+        .await
+        .json()
+        .await
+        .expect("JSON")
+}
+
+/// Sends `n` concurrent PUTs with fresh bodies; returns their statuses.
+async fn concurrent_puts(stack: &Stack, id: &str, n: usize, if_match: Option<&str>) -> Vec<u16> {
+    join_all((0..n).map(|_| async move { put(stack, id, &new_warrior(), if_match).await.status().as_u16() })).await
+}
+
 fn id_of(warrior: &Value) -> String {
     warrior["id"].as_str().expect("id").to_owned()
 }
@@ -60,12 +75,7 @@ async fn stale_if_match_is_a_412_and_writes_nothing() {
     assert_eq!(response.status(), 412);
     let response = delete(&stack, &id, Some("\"2\"")).await;
     assert_eq!(response.status(), 412);
-    let history: Vec<Value> = stack
-        .get(&format!("/warrior/{id}/events"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let history = history(&stack, &id).await;
     assert_eq!(history.len(), 1);
 }
 
@@ -73,22 +83,10 @@ async fn stale_if_match_is_a_412_and_writes_nothing() {
 async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
     let stack = Stack::from_env();
     let id = id_of(&stack.create(&new_warrior()).await);
-    let attempts = (0..50).map(|_| {
-        let body = new_warrior();
-        let stack = &stack;
-        let id = &id;
-        async move { put(stack, id, &body, Some("\"1\"")).await.status().as_u16() }
-    });
-    let mut statuses = join_all(attempts).await;
-    statuses.sort_unstable();
+    let statuses = concurrent_puts(&stack, &id, 50, Some("\"1\"")).await;
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 412).count(), 49, "{statuses:?}");
-    let history: Vec<Value> = stack
-        .get(&format!("/warrior/{id}/events"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let history = history(&stack, &id).await;
     assert_eq!(history.len(), 2);
 }
 
@@ -96,20 +94,9 @@ async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
 async fn concurrent_puts_without_if_match_all_apply_in_sequence() {
     let stack = Stack::from_env();
     let id = id_of(&stack.create(&new_warrior()).await);
-    let attempts = (0..10).map(|_| {
-        let body = new_warrior();
-        let stack = &stack;
-        let id = &id;
-        async move { put(stack, id, &body, None).await.status().as_u16() }
-    });
-    let statuses = join_all(attempts).await;
+    let statuses = concurrent_puts(&stack, &id, 10, None).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let history: Vec<Value> = stack
-        .get(&format!("/warrior/{id}/events"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let history = history(&stack, &id).await;
     let versions: Vec<i64> = history
         .iter()
         .map(|e| e["version"].as_i64().expect("version"))
@@ -127,12 +114,7 @@ async fn delete_hides_the_warrior_but_keeps_its_history() {
     assert_eq!(delete(&stack, &id, None).await.status(), 404);
     assert_eq!(put(&stack, &id, &new_warrior(), None).await.status(), 404);
 
-    let history: Vec<Value> = stack
-        .get(&format!("/warrior/{id}/events"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let history = history(&stack, &id).await;
     let types: Vec<&str> = history.iter().map(|e| e["type"].as_str().expect("type")).collect();
     assert_eq!(types, ["WarriorCreated", "WarriorDeleted"]);
     for event in &history {
@@ -179,12 +161,7 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_once() {
     assert_eq!(again, first);
 
     let id = id_of(&first);
-    let history: Vec<Value> = stack
-        .get(&format!("/warrior/{id}/events"))
-        .await
-        .json()
-        .await
-        .expect("JSON");
+    let history = history(&stack, &id).await;
     assert_eq!(history.len(), 1, "a repeat must append nothing");
 
     let other = send(new_warrior()).await;
