@@ -43,7 +43,10 @@ impl Stack {
             read_model_url: var("READ_MODEL_URL", "postgres://hammer:hammer@127.0.0.1:5434/readmodel"),
             kafka_brokers: var("KAFKA_BROKERS", "127.0.0.1:9092"),
             dev_script: var("API_HAMMER_DEV", concat!(env!("CARGO_MANIFEST_DIR"), "/../../dev")),
+            // A fresh connection per request: a kept-alive one that nginx has
+            // just closed shows up as a spurious "connection reset".
             http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(15))
                 .build()
                 .expect("HTTP client"),
