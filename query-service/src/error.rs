@@ -13,6 +13,8 @@ pub enum ApiError {
     MissingTerm,
     #[error("the projection has not caught up with an acknowledged write yet")]
     ProjectionLagging,
+    #[error("cannot tell whether this warrior was just created: the event store is unreachable; retry later")]
+    CannotConfirmAbsence,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -28,7 +30,9 @@ impl IntoResponse for ApiError {
                 self.to_string(),
             )
             .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
-            Self::ProjectionLagging => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
+            Self::ProjectionLagging | Self::CannotConfirmAbsence => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
             Self::Database(error) => {
                 // Logged in full here, never shown to the client.
                 tracing::error!(%error, "read model unavailable");

@@ -60,6 +60,13 @@ impl AppState {
         let head = match head {
             Ok(Some(head)) => head,
             Ok(None) => return Ok(lookup),
+            // Without the head, a row we hold may be stale, but a missing
+            // one may be a write just acknowledged: answer what we have,
+            // never a 404 we cannot vouch for.
+            Err(error) if lookup == Lookup::Unknown => {
+                tracing::warn!(%error, "event store unreachable; cannot tell an unknown id from a fresh one");
+                return Err(ApiError::CannotConfirmAbsence);
+            }
             Err(error) => {
                 tracing::warn!(%error, "event store unreachable; answering from the read model alone");
                 return Ok(lookup);
@@ -186,7 +193,15 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let search_pool = PgPoolOptions::new()
         .max_connections(config.search_max_connections)
         .acquire_timeout(config.database_timeout())
-        .connect_lazy_with(search_options.options([("statement_timeout", config.search_timeout_ms.to_string())]));
+        // No sequential scans: prepared statements soon run a generic plan,
+        // which cannot know a search term is selective; on a grown table it
+        // chose to scan every row hoping for 50 early matches (160 ms at 230k
+        // rows, against 0.2 ms through the index). Scans that cannot use an
+        // index (terms under 3 characters) still run, by the newest-first index.
+        .connect_lazy_with(search_options.options([
+            ("statement_timeout", config.search_timeout_ms.to_string()),
+            ("enable_seqscan", "off".to_owned()),
+        ]));
     let read_model = ReadModel::new(read_pool).with_search_pool(search_pool);
     // The projector writes through connections of its own: under load it
     // must never queue behind lookups for the shared pool (it did, fell
