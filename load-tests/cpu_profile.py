@@ -75,6 +75,20 @@ def snapshot():
     return parts, busy
 
 
+def wait_quiet(threshold=0.15, seconds=60):
+    """Waits (bounded) until the machine is mostly idle over a second:
+    autovacuum or a checkpoint after the previous step would be billed to
+    the next one otherwise."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        _, busy_before = snapshot()
+        time.sleep(1)
+        _, busy_after = snapshot()
+        if (busy_after - busy_before) / os.cpu_count() < threshold:
+            return
+    print("warning: the machine did not become quiet", flush=True)
+
+
 def diff(before, after):
     parts = {k: after[0].get(k, 0) - before[0].get(k, 0) for k in set(after[0]) | set(before[0])}
     return parts, after[1] - before[1]
@@ -107,6 +121,7 @@ def main():
     rows = []
     for name, url, lua in requests_of(env, args.connections, args.seconds, args.close):
         bench_reads.wait_caught_up(env)
+        wait_quiet()
         before = snapshot()
         figures = wrk_all(url, args.connections, args.seconds, lua)
         if name == "create":

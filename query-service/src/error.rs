@@ -1,5 +1,7 @@
 //! The one place where query-side failures become HTTP responses.
 
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_kit::Problem;
@@ -17,6 +19,10 @@ pub enum ApiError {
     CannotConfirmAbsence,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    ReadModel(Arc<sqlx::Error>),
+    #[error("the service is shutting down")]
+    ShuttingDown,
 }
 
 impl IntoResponse for ApiError {
@@ -30,18 +36,21 @@ impl IntoResponse for ApiError {
                 self.to_string(),
             )
             .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
-            Self::ProjectionLagging | Self::CannotConfirmAbsence => {
+            Self::ProjectionLagging | Self::CannotConfirmAbsence | Self::ShuttingDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
-            Self::Database(error) => {
-                // Logged in full here, never shown to the client.
-                tracing::error!(%error, "read model unavailable");
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the read model is unavailable; retry later",
-                )
-            }
+            Self::Database(error) => read_model_unavailable(error),
+            Self::ReadModel(error) => read_model_unavailable(error),
         };
         problem.into_response()
     }
+}
+
+/// Logged in full here, never shown to the client.
+fn read_model_unavailable(error: &sqlx::Error) -> Problem {
+    tracing::error!(%error, "read model unavailable");
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the read model is unavailable; retry later",
+    )
 }

@@ -1,6 +1,7 @@
 //! query-service: projects warrior events from Kafka into the read model and
 //! serves lookups (reading your own writes), search and counts.
 
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod projector;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::routing::get;
 use axum::Router;
-use event_store::EventStore;
+use event_store::{EventStore, EventStoreError};
 use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -25,6 +26,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::coalesce::{CoalesceError, Coalescer};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::projector::{AppliedBatch, Projector, ProjectorContext};
@@ -32,6 +34,10 @@ use crate::read_model::{Lookup, ReadModel};
 
 /// Migrations of the read-model database, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
+
+/// Batched lookup queries in flight at once, per database, and their size.
+const LOOKUP_WORKERS: usize = 2;
+const LOOKUP_MAX_BATCH: usize = 256;
 
 /// How often a read-your-writes waiter re-reads without a local signal (for
 /// events applied by another instance's projector).
@@ -41,7 +47,9 @@ const RYW_RECHECK: Duration = Duration::from_millis(100);
 #[derive(Clone)]
 pub struct AppState {
     pub read_model: ReadModel,
-    pub event_store: EventStore,
+    /// Lookups by id and stream heads, coalesced into batched queries.
+    pub rows: Coalescer<Uuid, Lookup, sqlx::Error>,
+    pub heads: Coalescer<Uuid, i64, EventStoreError>,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
@@ -55,7 +63,7 @@ impl AppState {
     /// data. Both reads run concurrently, so the check costs one indexed
     /// query's latency, not two.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
-        let (lookup, head) = tokio::join!(self.read_model.lookup(id), self.event_store.stream_head(id));
+        let (lookup, head) = tokio::join!(self.row(id), self.heads.get(id));
         let mut lookup = lookup?;
         let head = match head {
             Ok(Some(head)) => head,
@@ -72,7 +80,7 @@ impl AppState {
                 return Ok(lookup);
             }
         };
-        if lookup.version() >= Some(head.version) {
+        if lookup.version() >= Some(head) {
             return Ok(lookup);
         }
         metrics::counter!("read_your_writes_waits_total").increment(1);
@@ -80,19 +88,19 @@ impl AppState {
         let deadline = started + self.read_your_writes_timeout;
         // Subscribe, then read again: an event applied in between is seen.
         let mut applied = self.applied.subscribe();
-        lookup = self.read_model.lookup(id).await?;
+        lookup = self.row(id).await?;
         // Re-read when this warrior was applied here (or we cannot tell), and
         // on a slow timer for projectors of other instances: waiters must not
         // turn every batch into a burst of queries.
         let mut next_recheck = Instant::now() + RYW_RECHECK;
-        while lookup.version() < Some(head.version) {
+        while lookup.version() < Some(head) {
             if Instant::now() >= deadline {
                 metrics::counter!("read_your_writes_timeouts_total").increment(1);
                 return Err(ApiError::ProjectionLagging);
             }
             let reread = tokio::select! {
                 received = applied.recv() => match received {
-                    Ok(batch) => batch.iter().any(|(applied_id, version)| *applied_id == id && *version >= head.version),
+                    Ok(batch) => batch.iter().any(|(applied_id, version)| *applied_id == id && *version >= head),
                     Err(broadcast::error::RecvError::Lagged(_)) => true,
                     Err(broadcast::error::RecvError::Closed) => {
                         tokio::time::sleep_until(next_recheck.min(deadline)).await;
@@ -105,11 +113,20 @@ impl AppState {
                 next_recheck = Instant::now() + RYW_RECHECK;
             }
             if reread {
-                lookup = self.read_model.lookup(id).await?;
+                lookup = self.row(id).await?;
             }
         }
         metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
         Ok(lookup)
+    }
+
+    /// One row of the read model, through the coalescer.
+    async fn row(&self, id: Uuid) -> Result<Lookup, ApiError> {
+        match self.rows.get(id).await {
+            Ok(found) => Ok(found.unwrap_or(Lookup::Unknown)),
+            Err(CoalesceError::Load(error)) => Err(ApiError::ReadModel(error)),
+            Err(CoalesceError::Closed) => Err(ApiError::ShuttingDown),
+        }
     }
 
     /// Whether the Kafka cluster answers a metadata request.
@@ -233,9 +250,19 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     };
     let projector_task = tokio::spawn(projector.run(projector_stop_rx));
 
+    let lookups = read_model.clone();
+    let rows = Coalescer::spawn(LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
+        let lookups = lookups.clone();
+        async move { lookups.lookup_many(&ids).await }
+    });
+    let heads = Coalescer::spawn(LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
+        let event_store = event_store.clone();
+        async move { event_store.head_versions(&ids).await }
+    });
     let state = AppState {
         read_model,
-        event_store,
+        rows,
+        heads,
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,

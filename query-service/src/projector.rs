@@ -3,14 +3,15 @@
 //!
 //! Exactly-once *effect*: each row remembers the newest version applied and
 //! ignores anything not newer, and the consumed offsets are written in the
-//! same transaction. Kafka offsets are committed only after that transaction,
-//! so a crash at any point replays events that change nothing, and never
-//! skips one. Undecodable events go to the dead-letter topic with the reason.
+//! same transaction. Kafka offsets are stored (and committed in the
+//! background) only after that transaction, so a crash at any point replays
+//! events that change nothing, and never skips one. Undecodable events go to
+//! the dead-letter topic with the reason.
 
 use std::time::Duration;
 
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -28,16 +29,18 @@ const BACKOFF: Duration = Duration::from_millis(500);
 const DRAIN_EMPTY_POLLS: u32 = 4;
 
 /// Consumer callbacks: turns librdkafka's periodic statistics into the
-/// `projector_lag_events{partition}` gauge (high watermark − position).
+/// `projector_lag_events{partition}` gauge (high watermark − stored offset).
 pub struct ProjectorContext;
 
 impl ClientContext for ProjectorContext {
     fn stats(&self, statistics: Statistics) {
         for topic in statistics.topics.values() {
             for (partition, stats) in &topic.partitions {
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                // Against the *stored* offset (set after each batch), not the
+                // committed one, which trails by the auto-commit interval.
+                if *partition >= 0 && stats.consumer_lag_stored >= 0 {
                     metrics::gauge!("projector_lag_events", "partition" => partition.to_string())
-                        .set(stats.consumer_lag as f64);
+                        .set(stats.consumer_lag_stored as f64);
                 }
             }
         }
@@ -170,20 +173,23 @@ impl Projector {
         let _ = self
             .applied
             .send(Arc::new(events.iter().map(|e| (e.aggregate_id, e.version)).collect()));
-        self.commit(&offsets);
+        self.store_offsets(&offsets);
         true
     }
 
-    /// Records progress in Kafka too, for monitoring and as the restart point.
-    fn commit(&self, offsets: &[PartitionOffset]) {
+    /// Records progress in Kafka too, for monitoring and as the restart
+    /// point: stored here, committed by the client in the background.
+    fn store_offsets(&self, offsets: &[PartitionOffset]) {
         let mut list = TopicPartitionList::new();
         for o in offsets {
             if let Err(error) = list.add_partition_offset(&self.topic, o.partition, Offset::Offset(o.next_offset)) {
                 tracing::warn!(%error, "bad offset");
             }
         }
-        if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
-            tracing::warn!(%error, "Kafka offset commit failed; the database keeps the truth");
+        // Fails for partitions revoked meanwhile; their new owner resumes
+        // from the last committed offset and replays harmlessly.
+        if let Err(error) = self.consumer.store_offsets(&list) {
+            tracing::debug!(%error, "cannot store offsets; the database keeps the truth");
         }
     }
 

@@ -2,10 +2,14 @@
 //! idempotent application of events to them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use shared_kernel::{Warrior, WarriorEvent};
-use sqlx::{FromRow, PgPool, Postgres, QueryBuilder, Transaction};
+use sqlx::{FromRow, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 /// Most rows a search or listing returns.
@@ -66,6 +70,18 @@ pub enum Lookup {
     Unknown,
 }
 
+impl From<LookupRow> for Lookup {
+    fn from(row: LookupRow) -> Self {
+        if row.deleted {
+            Self::Deleted {
+                version: row.warrior.version,
+            }
+        } else {
+            Self::Live(row.warrior.into())
+        }
+    }
+}
+
 impl Lookup {
     /// The newest version applied, if any.
     pub fn version(&self) -> Option<i64> {
@@ -85,13 +101,28 @@ pub struct ReadModel {
     /// Searches run on their own (smaller, time-limited) pool, so a burst of
     /// expensive searches can never starve lookups, counts or the projector.
     search_pool: PgPool,
+    skills: Arc<SkillVocabulary>,
 }
+
+/// The distinct skills, held in memory: matching a term against a few
+/// hundred short strings here costs microseconds, where asking the database
+/// cost a statement per search (a third of a search's database time).
+/// Reloaded at most every [`SKILLS_MAX_AGE`]: a skill first seen in the last
+/// second may be missing from search results for that long.
+#[derive(Debug, Default)]
+struct SkillVocabulary {
+    loaded: RwLock<Option<(Instant, Arc<Vec<String>>)>>,
+    reloading: Mutex<()>,
+}
+
+const SKILLS_MAX_AGE: Duration = Duration::from_secs(1);
 
 impl ReadModel {
     pub fn new(pool: PgPool) -> Self {
         Self {
             search_pool: pool.clone(),
             pool,
+            skills: Arc::default(),
         }
     }
 
@@ -107,13 +138,18 @@ impl ReadModel {
     pub async fn lookup(&self, id: Uuid) -> Result<Lookup, sqlx::Error> {
         let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors WHERE id = $1");
         let row: Option<LookupRow> = sqlx::query_as(&sql).bind(id).fetch_optional(&self.pool).await?;
-        Ok(match row {
-            None => Lookup::Unknown,
-            Some(LookupRow { deleted: true, warrior }) => Lookup::Deleted {
-                version: warrior.version,
-            },
-            Some(LookupRow { warrior, .. }) => Lookup::Live(warrior.into()),
-        })
+        Ok(row.map_or(Lookup::Unknown, Lookup::from))
+    }
+
+    /// What the read model knows of each of these warriors (absent ids are
+    /// unknown): one query for many concurrent lookups.
+    pub async fn lookup_many(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Lookup>, sqlx::Error> {
+        let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors WHERE id = ANY($1)");
+        let rows: Vec<LookupRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&self.pool).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.warrior.id, Lookup::from(row)))
+            .collect())
     }
 
     /// Live warriors whose name or any skill contains `term`, ignoring case.
@@ -127,11 +163,14 @@ impl ReadModel {
     /// whole term is then checked on those few rows. Terms under three
     /// characters have no trigram and scan rows until 50 match.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
-        let skills: Vec<String> =
-            sqlx::query_scalar("SELECT name_lower FROM skill_names WHERE strpos(name_lower, lower($1)) > 0")
-                .bind(term)
-                .fetch_all(&self.search_pool)
-                .await?;
+        let lower = term.to_lowercase();
+        let skills: Vec<String> = self
+            .skill_vocabulary()
+            .await?
+            .iter()
+            .filter(|skill| skill.contains(&lower))
+            .cloned()
+            .collect();
         let piece: String = term.chars().take(INDEX_PIECE_CHARS).collect();
         let mut sql = QueryBuilder::new(format!(
             "SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND (("
@@ -148,6 +187,25 @@ impl ReadModel {
         sql.push(format!(") LIMIT {PAGE}"));
         let rows: Vec<WarriorRow> = sql.build_query_as().fetch_all(&self.search_pool).await?;
         Ok(rows.into_iter().map(Warrior::from).collect())
+    }
+
+    /// The skill vocabulary, reloaded when older than [`SKILLS_MAX_AGE`] by
+    /// one request while the others keep using the previous one.
+    async fn skill_vocabulary(&self) -> Result<Arc<Vec<String>>, sqlx::Error> {
+        let cached = self.skills.loaded.read().await.clone();
+        match (&cached, self.skills.reloading.try_lock()) {
+            (Some((at, skills)), _) if at.elapsed() < SKILLS_MAX_AGE => Ok(Arc::clone(skills)),
+            (Some((_, skills)), Err(_)) => Ok(Arc::clone(skills)),
+            (_, _guard) => {
+                let skills: Arc<Vec<String>> = Arc::new(
+                    sqlx::query_scalar("SELECT name_lower FROM skill_names")
+                        .fetch_all(&self.search_pool)
+                        .await?,
+                );
+                *self.skills.loaded.write().await = Some((Instant::now(), Arc::clone(&skills)));
+                Ok(skills)
+            }
+        }
     }
 
     /// The most recently created live warriors.
@@ -188,48 +246,134 @@ impl ReadModel {
             .collect())
     }
 
-    /// Applies a batch in one transaction together with the offsets it
-    /// reaches, so a crash leaves either all of it or none. Events older than
-    /// (or equal to) a row's version are ignored: replays change nothing.
+    /// Applies a batch atomically together with the offsets it reaches, so
+    /// a crash leaves either all of it or none. Events older than (or equal
+    /// to) a row's version are ignored: replays change nothing.
     ///
     /// Events carry the full state, so only each warrior's newest event of
-    /// the batch matters; the rest is written with two set-based statements
-    /// (states, tombstones) whatever the batch size.
+    /// the batch matters. Everything (states, tombstones, new skills, the
+    /// live count, offsets) is one statement: one round trip and one implicit
+    /// transaction, whatever the batch size. Under load most batches hold one
+    /// or two events, so per-batch round trips were most of the cost.
     pub async fn apply(
         &self,
         topic: &str,
         events: &[Applicable],
         offsets: &[PartitionOffset],
     ) -> Result<(), sqlx::Error> {
-        let (states, tombstones): (Vec<&Applicable>, Vec<&Applicable>) = newest_per_warrior(events)
-            .into_iter()
-            .partition(|e| !matches!(e.event, WarriorEvent::Deleted));
-        let mut tx = self.pool.begin().await?;
-        let live_delta = upsert_states(&mut tx, &states).await? - bury(&mut tx, &tombstones).await?;
-        if live_delta != 0 {
-            sqlx::query("UPDATE warrior_count SET live = live + $1")
-                .bind(live_delta)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if !offsets.is_empty() {
-            let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
-            let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
-            sqlx::query(
-                "INSERT INTO projection_offsets (topic, partition, next_offset)
-                 SELECT $1, * FROM UNNEST($2::int[], $3::bigint[])
-                 ON CONFLICT (topic, partition)
-                 DO UPDATE SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset)",
-            )
+        let batch = Columns::of(&newest_per_warrior(events));
+        let partitions: Vec<i32> = offsets.iter().map(|o| o.partition).collect();
+        let next: Vec<i64> = offsets.iter().map(|o| o.next_offset).collect();
+        sqlx::query(APPLY_BATCH)
+            .bind(&batch.ids)
+            .bind(&batch.versions)
+            .bind(&batch.names)
+            .bind(&batch.dobs)
+            .bind(&batch.skills)
+            .bind(&batch.times)
+            .bind(&batch.deleted_ids)
+            .bind(&batch.deleted_versions)
+            .bind(&batch.deleted_times)
             .bind(topic)
             .bind(&partitions)
             .bind(&next)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        }
-        tx.commit().await
+        Ok(())
     }
 }
+
+/// One batch as the column arrays [`APPLY_BATCH`] unnests: states ($1–$6),
+/// tombstones ($7–$9).
+#[derive(Default)]
+struct Columns<'a> {
+    ids: Vec<Uuid>,
+    versions: Vec<i64>,
+    names: Vec<&'a str>,
+    dobs: Vec<NaiveDate>,
+    /// Ragged arrays cannot be unnested as text[][]; JSON arrays can.
+    skills: Vec<serde_json::Value>,
+    times: Vec<DateTime<Utc>>,
+    deleted_ids: Vec<Uuid>,
+    deleted_versions: Vec<i64>,
+    deleted_times: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(events: &[&'a Applicable]) -> Self {
+        let mut columns = Self::default();
+        for e in events {
+            match &e.event {
+                WarriorEvent::Created(state) | WarriorEvent::Updated(state) => {
+                    columns.ids.push(e.aggregate_id);
+                    columns.versions.push(e.version);
+                    columns.names.push(state.name.as_str());
+                    columns.dobs.push(state.dob);
+                    columns.skills.push(serde_json::json!(state.fight_skills));
+                    columns.times.push(e.occurred_at);
+                }
+                WarriorEvent::Deleted => {
+                    columns.deleted_ids.push(e.aggregate_id);
+                    columns.deleted_versions.push(e.version);
+                    columns.deleted_times.push(e.occurred_at);
+                }
+            }
+        }
+        columns
+    }
+}
+
+/// The whole batch in one statement. Data-modifying CTEs always run to
+/// completion; a warrior appears in at most one of states and tombstones,
+/// so no row is touched twice. Tombstones keep the version only (data
+/// cleared, so a tombstone is the same however events were batched), and
+/// late, older events cannot resurrect them. New skills are inserted in
+/// sorted order, so two projectors cannot deadlock on them. `xmax = 0`
+/// tells an inserted row from an updated one, for the live count.
+const APPLY_BATCH: &str = "
+WITH input AS (
+    SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
+    FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[])
+         AS t(id, version, name, dob, s, at)
+), states AS (
+    INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, skills_lower, search_text,
+                          created_at, updated_at, projected_at)
+    SELECT id, version, false, name, dob, skills, ARRAY(SELECT DISTINCT lower(x) FROM unnest(skills) AS x),
+           lower(name), at, at, clock_timestamp()
+    FROM input
+    ON CONFLICT (id) DO UPDATE
+       SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
+           fight_skills = EXCLUDED.fight_skills, skills_lower = EXCLUDED.skills_lower,
+           search_text = EXCLUDED.search_text,
+           updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at
+       WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
+    RETURNING (xmax = 0) AS inserted
+), new_skills AS (
+    INSERT INTO skill_names
+    SELECT name FROM (SELECT DISTINCT lower(x) AS name FROM input, unnest(input.skills) AS x) AS d
+    ORDER BY name
+    ON CONFLICT DO NOTHING
+), tombstones AS (
+    INSERT INTO warriors (id, version, deleted, created_at, updated_at, projected_at)
+    SELECT id, version, true, at, at, clock_timestamp()
+    FROM UNNEST($7::uuid[], $8::bigint[], $9::timestamptz[]) AS t(id, version, at)
+    ON CONFLICT (id) DO UPDATE
+       SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
+           projected_at = EXCLUDED.projected_at,
+           name = NULL, dob = NULL, fight_skills = '{}', skills_lower = '{}', search_text = ''
+       WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
+    RETURNING (xmax = 0) AS inserted
+), progress AS (
+    INSERT INTO projection_offsets (topic, partition, next_offset)
+    SELECT $10, * FROM UNNEST($11::int[], $12::bigint[])
+    ON CONFLICT (topic, partition)
+    DO UPDATE SET next_offset = GREATEST(projection_offsets.next_offset, EXCLUDED.next_offset)
+), delta AS (
+    -- New live rows, minus live rows that became tombstones (a fresh
+    -- tombstone was never counted).
+    SELECT (SELECT count(*) FROM states WHERE inserted) - (SELECT count(*) FROM tombstones WHERE NOT inserted) AS live
+)
+UPDATE warrior_count SET live = warrior_count.live + delta.live FROM delta WHERE delta.live <> 0";
 
 /// The newest event of each warrior in a batch.
 fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
@@ -245,97 +389,6 @@ fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
             .or_insert(e);
     }
     newest.into_values().collect()
-}
-
-/// Writes each warrior's state where it is newer than the row's. Returns
-/// how many new live rows appeared (for the count).
-async fn upsert_states(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable]) -> Result<i64, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut names = Vec::with_capacity(events.len());
-    let mut dobs = Vec::with_capacity(events.len());
-    let mut skills = Vec::with_capacity(events.len());
-    let mut times = Vec::with_capacity(events.len());
-    for e in events {
-        if let WarriorEvent::Created(state) | WarriorEvent::Updated(state) = &e.event {
-            ids.push(e.aggregate_id);
-            versions.push(e.version);
-            names.push(state.name.as_str());
-            dobs.push(state.dob);
-            // Ragged arrays cannot be unnested as text[][]; JSON arrays can.
-            skills.push(serde_json::json!(state.fight_skills));
-            times.push(e.occurred_at);
-        }
-    }
-    let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, skills_lower, search_text,
-                               created_at, updated_at, projected_at)
-         SELECT id, version, false, name, dob, skills, ARRAY(SELECT DISTINCT lower(x) FROM unnest(skills) AS x),
-                lower(name), at, at, clock_timestamp()
-         FROM (SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
-               FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[])
-                    AS t(id, version, name, dob, s, at)) AS input
-         ON CONFLICT (id) DO UPDATE
-            SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
-                fight_skills = EXCLUDED.fight_skills, skills_lower = EXCLUDED.skills_lower,
-                search_text = EXCLUDED.search_text,
-                updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at
-            WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
-         RETURNING (xmax = 0)",
-    )
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&names)
-    .bind(&dobs)
-    .bind(&skills)
-    .bind(&times)
-    .fetch_all(&mut **tx)
-    .await?;
-    sqlx::query(
-        // Sorted, so two projectors inserting the same new skills cannot deadlock.
-        "INSERT INTO skill_names
-         SELECT name FROM (SELECT DISTINCT lower(jsonb_array_elements_text(s)) AS name FROM UNNEST($1::jsonb[]) AS s) AS d
-         ORDER BY name
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&skills)
-    .execute(&mut **tx)
-    .await?;
-    Ok(inserted.iter().filter(|i| **i).count() as i64)
-}
-
-/// Marks warriors deleted where the deletion is newer than the row; the row
-/// stays as a tombstone (version only, data cleared, so a tombstone is the
-/// same however the events were batched) and late, older events cannot
-/// resurrect it. Returns
-/// how many live rows became tombstones (a fresh tombstone was never counted).
-async fn bury(tx: &mut Transaction<'_, Postgres>, events: &[&Applicable]) -> Result<i64, sqlx::Error> {
-    if events.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.aggregate_id).collect();
-    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
-    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
-    let inserted: Vec<bool> = sqlx::query_scalar(
-        "INSERT INTO warriors (id, version, deleted, created_at, updated_at, projected_at)
-         SELECT id, version, true, at, at, clock_timestamp()
-         FROM UNNEST($1::uuid[], $2::bigint[], $3::timestamptz[]) AS t(id, version, at)
-         ON CONFLICT (id) DO UPDATE
-            SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
-                projected_at = EXCLUDED.projected_at,
-                name = NULL, dob = NULL, fight_skills = '{}', skills_lower = '{}', search_text = ''
-            WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
-         RETURNING (xmax = 0)",
-    )
-    .bind(&ids)
-    .bind(&versions)
-    .bind(&times)
-    .fetch_all(&mut **tx)
-    .await?;
-    Ok(inserted.iter().filter(|i| !**i).count() as i64)
 }
 
 /// Makes `term` match literally inside a LIKE pattern.

@@ -188,6 +188,18 @@ impl EventStore {
         .await?)
     }
 
+    /// The newest version of each of these streams (absent if it has none):
+    /// one query for many concurrent read-your-writes checks.
+    pub async fn head_versions(&self, aggregate_ids: &[Uuid]) -> Result<HashMap<Uuid, i64>, EventStoreError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT aggregate_id, max(version) FROM events WHERE aggregate_id = ANY($1) GROUP BY aggregate_id",
+        )
+        .bind(aggregate_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// The newest event of every stream: what each aggregate ends up as.
     /// Reads the whole store; meant for offline checks such as `verify`.
     pub async fn stream_heads(&self) -> Result<Vec<StoredEvent>, EventStoreError> {

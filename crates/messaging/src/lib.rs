@@ -40,15 +40,19 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 
 /// Settings of the projector's consumer.
 ///
-/// Offsets are never auto-committed: progress is recorded in the read-model
-/// database in the same transaction as the rows, and committed to Kafka only
-/// afterwards, for monitoring and as the restart point.
+/// Progress is recorded in the read-model database in the same transaction
+/// as the rows; only then are the offsets *stored* in the client, which
+/// commits stored offsets to Kafka in the background once a second and on
+/// revocation or close. Committing after every batch instead flooded the
+/// group coordinator: heartbeats queued behind commits, the session timed
+/// out under load, and the projector stopped while the group rebalanced.
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
         .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
