@@ -45,30 +45,42 @@ DEV = str(ROOT / "dev")
 class Fault:
     name: str
     description: str
-    inject: list  # ./dev arguments
+    inject: list  # ./dev commands (argument lists), in order
     restore: list
     replicas: int = 1
     # What must hold during this fault.
     writes_never_fail: bool = False
+    reads_never_fail: bool = False
     writes_fail_fast: bool = False
 
 
+def one(*args):
+    return [list(args)]
+
+
 FAULTS = [
-    Fault("kill-command", "kill -9 command-service", ["kill9", "command-service"], ["start", "command-service"]),
-    Fault("kill-query", "kill -9 query-service", ["kill9", "query-service"], ["start", "query-service"],
+    Fault("kill-command", "kill -9 command-service", one("kill9", "command-service"), one("start", "command-service")),
+    Fault("kill-query", "kill -9 query-service", one("kill9", "query-service"), one("start", "query-service"),
           writes_never_fail=True),
-    Fault("kafka", "stop and restart Kafka", ["stop", "kafka"], ["start", "kafka"], writes_never_fail=True),
-    Fault("eventstore-db", "stop and restart the event store's PostgreSQL", ["stop", "eventstore-db"],
-          ["start", "eventstore-db"], writes_fail_fast=True),
-    Fault("readmodel-db", "stop and restart the read model's PostgreSQL", ["stop", "readmodel-db"],
-          ["start", "readmodel-db"], writes_never_fail=True),
-    Fault("nginx", "restart nginx", ["stop", "nginx"], ["start", "nginx"]),
-    Fault("kill-command-replica", "2 replicas each: kill -9 one command-service", ["kill9", "command-service"],
-          ["start", "command-service"], replicas=2, writes_never_fail=True),
-    Fault("kill-query-replica", "2 replicas each: kill -9 one query-service", ["kill9", "query-service"],
-          ["start", "query-service"], replicas=2, writes_never_fail=True),
+    Fault("kafka", "stop and restart Kafka", one("stop", "kafka"), one("start", "kafka"), writes_never_fail=True),
+    Fault("eventstore-db", "stop and restart the event store's PostgreSQL", one("stop", "eventstore-db"),
+          one("start", "eventstore-db"), writes_fail_fast=True),
+    Fault("readmodel-db", "stop and restart the read model's PostgreSQL", one("stop", "readmodel-db"),
+          one("start", "readmodel-db"), writes_never_fail=True),
+    Fault("nginx", "stop and restart nginx", one("stop", "nginx"), one("start", "nginx")),
+    # A kill -9 fails the requests the killed instance was serving (the
+    # client got no acknowledgement); nginx sends the rest to the other one.
+    Fault("kill-command-replica", "2 replicas each: kill -9 one command-service", one("kill9", "command-service"),
+          one("start", "command-service"), replicas=2),
+    Fault("kill-query-replica", "2 replicas each: kill -9 one query-service", one("kill9", "query-service"),
+          one("start", "query-service"), replicas=2, writes_never_fail=True),
+    # SIGTERM drains in-flight requests: a rolling restart fails nothing.
+    Fault("rolling-restart", "2 replicas each: rolling restart (SIGTERM) of every service",
+          [["restart", "command-service"], ["restart", "query-service"]],
+          [["restart", "command-service-2"], ["restart", "query-service-2"]],
+          replicas=2, writes_never_fail=True, reads_never_fail=True),
 ]
-QUICK = ["kill-command", "kafka", "eventstore-db", "kill-query-replica"]
+QUICK = ["kill-command", "kafka", "eventstore-db", "rolling-restart"]
 
 
 def dev(*args, quiet=True):
@@ -310,9 +322,11 @@ def run_fault(fault, env, args, run_id):
     load.start()
     time.sleep(args.before)
     injected = time.monotonic()
-    dev(*fault.inject)
+    for command in fault.inject:
+        dev(*command)
     time.sleep(args.outage)
-    dev(*fault.restore)
+    for command in fault.restore:
+        dev(*command)
     restored = time.monotonic()
     recovery_s = wait_writes_recover(env["GATEWAY_URL"], 60)
     time.sleep(args.after)
@@ -322,6 +336,8 @@ def run_fault(fault, env, args, run_id):
     expectations = []
     if fault.writes_never_fail and outcome.writes_failed:
         expectations.append(f"{outcome.writes_failed} writes failed")
+    if fault.reads_never_fail and outcome.reads_failed:
+        expectations.append(f"{outcome.reads_failed} reads failed")
     if fault.writes_fail_fast and outcome.slowest_failed_write_ms > args.fail_fast_ms:
         expectations.append(f"a failed write took {outcome.slowest_failed_write_ms:.0f} ms")
     if recovery_s == float("inf"):

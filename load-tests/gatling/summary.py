@@ -45,24 +45,31 @@ class StatsTable(HTMLParser):
             target[col] = target.get(col, "") + data.strip()
 
 
-def main():
-    report = Path(sys.argv[1])
+def read_stats(report):
+    """[(request name, {column: text})] for the WANTED columns, "All Requests"
+    first as in the report; raises ValueError if a column is missing."""
+    report = Path(report)
     table = StatsTable()
     table.feed((report / "index.html").read_text(encoding="utf-8"))
     column = {text: col for col, text in table.headers.items()}
     missing = [w for w in WANTED if w not in column]
     if missing:
-        sys.exit(f"{report}/index.html: no column {missing}; Gatling's report layout changed?")
+        raise ValueError(f"{report}/index.html: no column {missing}; Gatling's report layout changed?")
+    return [(row["name"], {w: row.get(column[w], "?") for w in WANTED}) for row in table.rows if "name" in row]
+
+
+def main():
+    try:
+        rows = read_stats(sys.argv[1])
+    except ValueError as e:
+        sys.exit(str(e))
 
     print(f"{'request':<24}" + "".join(f"{w:>10}" for w in WANTED))
     total_ko = 0
-    for row in table.rows:
-        if "name" not in row:
-            continue
-        values = [row.get(column[w], "?") for w in WANTED]
-        print(f"{row['name']:<24}" + "".join(f"{v:>10}" for v in values))
-        if row["name"] == "All Requests":
-            total_ko = int(row[column["KO"]])
+    for name, values in rows:
+        print(f"{name:<24}" + "".join(f"{values[w]:>10}" for w in WANTED))
+        if name == "All Requests":
+            total_ko = int(values["KO"])
     print("(response times in ms)")
     sys.exit(1 if total_ko else 0)
 

@@ -8,6 +8,7 @@ pub mod projector;
 pub mod read_model;
 pub mod rebuild;
 pub mod routes;
+pub mod search_indexer;
 pub mod verify;
 
 use std::time::Duration;
@@ -220,9 +221,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
             ("enable_seqscan", "off".to_owned()),
         ]));
     let read_model = ReadModel::new(read_pool).with_search_pool(search_pool);
-    // The projector writes through connections of its own: under load it
-    // must never queue behind lookups for the shared pool (it did, fell
-    // behind, and read-your-writes lookups then waited on it).
+    // The projector (and the search indexer) write through connections of
+    // their own: under load the projector must never queue behind lookups
+    // for the shared pool (it did, fell behind, and read-your-writes lookups
+    // then waited on it).
     let projector_pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(config.database_timeout())
@@ -243,11 +245,16 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let projector = Projector {
         consumer,
         dlq_producer: producer.clone(),
-        read_model: ReadModel::new(projector_pool),
+        read_model: ReadModel::new(projector_pool.clone()),
         topic: config.kafka_topic.clone(),
         max_batch: config.projector_batch,
         applied: applied.clone(),
     };
+    let indexer_task = tokio::spawn(search_indexer::run(
+        ReadModel::new(projector_pool),
+        applied.subscribe(),
+        projector_stop_rx.clone(),
+    ));
     let projector_task = tokio::spawn(projector.run(projector_stop_rx));
 
     let lookups = read_model.clone();
@@ -281,6 +288,9 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         Ok(Err(error)) => tracing::error!(%error, "projector failed"),
         Err(error) => tracing::error!(%error, "projector panicked"),
         Ok(Ok(())) => {}
+    }
+    if let Err(error) = indexer_task.await {
+        tracing::error!(%error, "search indexer panicked");
     }
     tracing::info!("query-service stopped");
     Ok(())

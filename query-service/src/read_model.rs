@@ -1,7 +1,7 @@
 //! The read model: rows shaped for lookups, search and counting, and the
 //! idempotent application of events to them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -154,14 +154,16 @@ impl ReadModel {
 
     /// Live warriors whose name or any skill contains `term`, ignoring case.
     ///
-    /// Skills come from a small vocabulary: the matching ones are looked up
-    /// first, and rows holding any of them are found through the array
-    /// index. Names are found through their trigram index, queried with only
+    /// Skills come from a small vocabulary held in memory: rows holding any
+    /// matching skill are found through the array index. Names are found
+    /// through the trigram index of `warrior_names` (kept by the indexer,
+    /// so a name shows up there a moment after its row), queried with only
     /// the first [`INDEX_PIECE_CHARS`] characters of the term: a GIN lookup
     /// costs about one posting list per trigram, so a 50-letter term cost
-    /// 2 ms where its first 8 letters, already selective, cost 0.2 ms; the
-    /// whole term is then checked on those few rows. Terms under three
-    /// characters have no trigram and scan rows until 50 match.
+    /// 2 ms where its first 8 letters, already selective, cost 0.2 ms. The
+    /// whole term is then checked against the current row, which also drops
+    /// index entries of names changed since. Terms under three characters
+    /// have no trigram and scan rows until 50 match.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
         let lower = term.to_lowercase();
         let skills: Vec<String> = self
@@ -172,21 +174,58 @@ impl ReadModel {
             .cloned()
             .collect();
         let piece: String = term.chars().take(INDEX_PIECE_CHARS).collect();
-        let mut sql = QueryBuilder::new(format!(
-            "SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND (("
-        ));
+        let mut sql = QueryBuilder::new("");
         if piece.chars().count() >= 3 {
-            sql.push("search_text LIKE '%' || lower(")
-                .push_bind(escape_like(&piece))
-                .push(") || '%' AND ");
+            sql.push(format!(
+                "(SELECT {WARRIOR_COLUMNS} FROM warrior_names n JOIN warriors w USING (id)
+                  WHERE n.search_text LIKE '%' || lower("
+            ))
+            .push_bind(escape_like(&piece))
+            .push(") || '%' AND strpos(w.search_text, lower(")
+            .push_bind(term)
+            .push(format!(")) > 0 AND NOT w.deleted LIMIT {PAGE})"));
+            if !skills.is_empty() {
+                sql.push(format!(
+                    " UNION ALL (SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND skills_lower && "
+                ))
+                .push_bind(skills)
+                .push(format!(" LIMIT {PAGE})"));
+            }
+        } else {
+            sql.push(format!(
+                "SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND (strpos(search_text, lower("
+            ))
+            .push_bind(term)
+            .push(")) > 0");
+            if !skills.is_empty() {
+                sql.push(" OR skills_lower && ").push_bind(skills);
+            }
+            sql.push(format!(") LIMIT {PAGE}"));
         }
-        sql.push("strpos(search_text, lower(").push_bind(term).push(")) > 0)");
-        if !skills.is_empty() {
-            sql.push(" OR skills_lower && ").push_bind(skills);
-        }
-        sql.push(format!(") LIMIT {PAGE}"));
         let rows: Vec<WarriorRow> = sql.build_query_as().fetch_all(&self.search_pool).await?;
-        Ok(rows.into_iter().map(Warrior::from).collect())
+        // A warrior matching by name and by skill comes back twice.
+        let mut seen = HashSet::with_capacity(rows.len());
+        Ok(rows
+            .into_iter()
+            .filter(|row| seen.insert(row.id))
+            .take(PAGE as usize)
+            .map(Warrior::from)
+            .collect())
+    }
+
+    /// Indexes the names of up to `max` queued warriors (removing those of
+    /// deleted ones) in one transaction, then merges the index's pending
+    /// entries. Returns how many were taken from the queue. Several
+    /// instances can run this at once: each takes rows the others have not
+    /// locked.
+    pub async fn index_names(&self, max: i64) -> Result<u64, sqlx::Error> {
+        let taken: i64 = sqlx::query_scalar(INDEX_NAMES).bind(max).fetch_one(&self.pool).await?;
+        if taken > 0 {
+            sqlx::query("SELECT gin_clean_pending_list('warrior_names_trgm'::regclass)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(taken as u64)
     }
 
     /// The skill vocabulary, reloaded when older than [`SKILLS_MAX_AGE`] by
@@ -329,7 +368,8 @@ impl<'a> Columns<'a> {
 /// cleared, so a tombstone is the same however events were batched), and
 /// late, older events cannot resurrect them. New skills are inserted in
 /// sorted order, so two projectors cannot deadlock on them. `xmax = 0`
-/// tells an inserted row from an updated one, for the live count.
+/// tells an inserted row from an updated one, for the live count. Changed
+/// rows are queued for the search indexer ([`ReadModel::index_names`]).
 const APPLY_BATCH: &str = "
 WITH input AS (
     SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
@@ -347,7 +387,7 @@ WITH input AS (
            search_text = EXCLUDED.search_text,
            updated_at = EXCLUDED.updated_at, projected_at = EXCLUDED.projected_at
        WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
-    RETURNING (xmax = 0) AS inserted
+    RETURNING id, (xmax = 0) AS inserted
 ), new_skills AS (
     INSERT INTO skill_names
     SELECT name FROM (SELECT DISTINCT lower(x) AS name FROM input, unnest(input.skills) AS x) AS d
@@ -362,7 +402,10 @@ WITH input AS (
            projected_at = EXCLUDED.projected_at,
            name = NULL, dob = NULL, fight_skills = '{}', skills_lower = '{}', search_text = ''
        WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
-    RETURNING (xmax = 0) AS inserted
+    RETURNING id, (xmax = 0) AS inserted
+), to_index AS (
+    INSERT INTO search_queue SELECT id FROM states UNION SELECT id FROM tombstones
+    ON CONFLICT DO NOTHING
 ), progress AS (
     INSERT INTO projection_offsets (topic, partition, next_offset)
     SELECT $10, * FROM UNNEST($11::int[], $12::bigint[])
@@ -374,6 +417,27 @@ WITH input AS (
     SELECT (SELECT count(*) FROM states WHERE inserted) - (SELECT count(*) FROM tombstones WHERE NOT inserted) AS live
 )
 UPDATE warrior_count SET live = warrior_count.live + delta.live FROM delta WHERE delta.live <> 0";
+
+/// One round of the search indexer: takes queued ids (skipping those
+/// another indexer holds), then writes each one's current name, or removes
+/// it if the warrior is gone. Rows are written in id order, so two
+/// indexers cannot deadlock.
+const INDEX_NAMES: &str = "
+WITH taken AS (
+    DELETE FROM search_queue
+    WHERE id IN (SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), current AS (
+    SELECT w.id, w.search_text, w.deleted FROM warriors w JOIN taken USING (id)
+), written AS (
+    INSERT INTO warrior_names (id, search_text)
+    SELECT id, search_text FROM current WHERE NOT deleted ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET search_text = EXCLUDED.search_text
+       WHERE warrior_names.search_text <> EXCLUDED.search_text
+), removed AS (
+    DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
+)
+SELECT count(*) FROM taken";
 
 /// The newest event of each warrior in a batch.
 fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {

@@ -71,6 +71,7 @@ async fn replay_and_swap(
          CREATE SCHEMA rebuild;
          CREATE TABLE rebuild.warriors (LIKE public.warriors INCLUDING ALL);
          CREATE TABLE rebuild.warrior_count (LIKE public.warrior_count INCLUDING ALL);
+         CREATE TABLE rebuild.search_queue (LIKE public.search_queue INCLUDING ALL);
          INSERT INTO rebuild.warrior_count (live) VALUES (0);",
     )
     .execute(live)
@@ -119,6 +120,18 @@ async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>) -> sqlx::Result<(
         .execute(&mut **swap)
         .await?;
     sqlx::query("UPDATE public.warrior_count SET live = (SELECT live FROM rebuild.warrior_count)")
+        .execute(&mut **swap)
+        .await?;
+    // Names of warriors gone from the rebuilt rows leave the search index
+    // now; every other name is re-indexed by the indexer (unchanged names
+    // cost a comparison), so search is never held up by the swap's lock.
+    sqlx::query(
+        "DELETE FROM public.warrior_names n
+         WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
+    )
+    .execute(&mut **swap)
+    .await?;
+    sqlx::query("INSERT INTO public.search_queue SELECT id FROM public.warriors ON CONFLICT DO NOTHING")
         .execute(&mut **swap)
         .await?;
     Ok(())
