@@ -108,6 +108,7 @@ class Outcome:
 
     acked: dict = field(default_factory=dict)  # warrior id -> newest acknowledged version
     created_names: list = field(default_factory=list)
+    created_ids: dict = field(default_factory=dict)  # name -> id acknowledged for it
     writes_ok: int = 0
     writes_failed: int = 0
     slowest_failed_write_ms: float = 0.0
@@ -181,10 +182,19 @@ class Load:
 
     def request(self, conn, method, path, body=None):
         headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        payload = json.dumps(body) if body is not None else None
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # nginx had closed this kept-alive connection (it does after
+            # some upstream failures): the request never left, so it is
+            # sent again on a new connection, as HTTP clients do. Anything
+            # later (no response) is a failure, never retried.
+            conn.close()
+            conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         data = response.read()
-        if response.getheader("Connection", "").lower() == "close":
+        if response.will_close:
             conn.close()
         return response.status, data
 
@@ -196,8 +206,8 @@ class Load:
         body = {"name": name, "dob": "1990-01-02", "fight_skills": ["Judo"]}
         try:
             status, data = self.request(conn, "POST", "/warrior", body)
-        except (OSError, http.client.HTTPException):
-            self.outcome.write(False, started, "error")
+        except (OSError, http.client.HTTPException) as error:
+            self.outcome.write(False, started, type(error).__name__)
             raise
         ok = status == 201
         self.outcome.write(ok, started, status)
@@ -206,6 +216,7 @@ class Load:
             with self.outcome.lock:
                 self.outcome.acked[warrior["id"]] = warrior["version"]
                 self.outcome.created_names.append(name)
+                self.outcome.created_ids[name] = warrior["id"]
             mine.append((warrior["id"], warrior["version"]))
 
     def update(self, conn, rng, mine):
@@ -215,8 +226,8 @@ class Load:
         body = {"name": f"fs{self.run_id} updated {rng.random():.6f}", "dob": "1991-02-03", "fight_skills": ["Kendo"]}
         try:
             status, data = self.request(conn, "PUT", f"/warrior/{warrior_id}", body)
-        except (OSError, http.client.HTTPException):
-            self.outcome.write(False, started, "error")
+        except (OSError, http.client.HTTPException) as error:
+            self.outcome.write(False, started, type(error).__name__)
             raise
         ok = status == 200
         self.outcome.write(ok, started, status)
@@ -258,7 +269,7 @@ def settle_and_check(env, outcome, verify_wait_s):
     rows = "\n".join(f"{i}\t{v}" for i, v in outcome.acked.items())
     lost = lost_writes(env, rows)
     names = "\n".join(outcome.created_names)
-    duplicates = duplicate_creates(env, names)
+    duplicates = duplicate_creates(env, names, outcome.created_ids)
     with urllib_open(env["GATEWAY_URL"] + "/counting-warriors") as response:
         counted = json.load(response)["count"]
     live = int(psql(env["EVENT_STORE_URL"], """
@@ -273,23 +284,32 @@ def lost_writes(env, rows):
         return 0
     script = ("CREATE TEMP TABLE acked (id uuid, version bigint);\n"
               "\\copy acked FROM STDIN\n" + rows + "\n\\.\n"
-              "SELECT count(*) FROM acked a LEFT JOIN warriors w ON w.id = a.id "
+              "SELECT a.id, a.version, w.version, w.deleted FROM acked a LEFT JOIN warriors w ON w.id = a.id "
               "WHERE w.id IS NULL OR w.deleted OR w.version < a.version;\n")
     out = subprocess.run(["psql", env["READ_MODEL_URL"], "-v", "ON_ERROR_STOP=1", "-At"], input=script, check=True,
                          capture_output=True, text=True).stdout
-    return int(out.strip().splitlines()[-1])
+    rows = [line for line in out.strip().splitlines() if "|" in line]
+    for line in rows[:10]:
+        print(f"   lost: id|acknowledged version|read model version|deleted = {line}", file=sys.stderr)
+    return len(rows)
 
 
-def duplicate_creates(env, names):
+def duplicate_creates(env, names, created_ids):
+    """Creates that produced more than one warrior; prints each (a bug)."""
     if not names:
         return 0
     script = ("CREATE TEMP TABLE created (name text);\n"
               "\\copy created FROM STDIN\n" + names + "\n\\.\n"
-              "SELECT count(*) FROM (SELECT e.data->>'name' FROM events e JOIN created c ON e.data->>'name' = c.name "
-              "WHERE e.event_type = 'WarriorCreated' GROUP BY 1 HAVING count(*) > 1) d;\n")
+              "SELECT e.data->>'name', string_agg(e.aggregate_id || ' ' || e.occurred_at || ' ' || "
+              "coalesce(e.metadata->>'request_id', '?'), ', ') FROM events e JOIN created c ON e.data->>'name' = c.name "
+              "WHERE e.event_type = 'WarriorCreated' GROUP BY 1 HAVING count(*) > 1;\n")
     out = subprocess.run(["psql", env["EVENT_STORE_URL"], "-v", "ON_ERROR_STOP=1", "-At"], input=script, check=True,
                          capture_output=True, text=True).stdout
-    return int(out.strip().splitlines()[-1])
+    rows = [line for line in out.strip().splitlines() if "|" in line]
+    for line in rows[:10]:
+        name, events = line.split("|", 1)
+        print(f"   duplicate: {name!r} acknowledged as {created_ids.get(name)}; created: {events}", file=sys.stderr)
+    return len(rows)
 
 
 def urllib_open(url):
@@ -356,6 +376,7 @@ def run_fault(fault, env, args, run_id):
         "recovery_s": recovery_s,
         "outage_s": restored - injected,
         "settle_s": settle_s,
+        "statuses": {str(k): v for k, v in outcome.statuses.items()},
         "notes": "; ".join(expectations) or "",
         "passed": passed,
     }
@@ -405,12 +426,12 @@ def main():
           f"{args.before:.0f} s before each fault, {args.outage:.0f} s down, {args.after:.0f} s after recovery.")
     print()
     print("| fault | writes acked | writes failed (slowest ms) | reads ok | lost | duplicates | count | verify "
-          "| writes back after restore | result |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| writes back after restore | settled after load | result |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         failed = f"{r['failed']} ({r['slowest_failed_ms']:.0f})" if r["failed"] else "0"
         print(f"| {r['fault']} | {r['acked']} | {failed} | {r['reads']} | {r['lost']} | {r['duplicates']} | "
-              f"{r['count']} | {r['verify']} | {r['recovery_s']:.1f} s | "
+              f"{r['count']} | {r['verify']} | {r['recovery_s']:.1f} s | {r['settle_s']:.1f} s | "
               f"{'pass' if r['passed'] else 'FAIL: ' + (r['notes'] or 'see above')} |")
     sys.exit(0 if all(r["passed"] for r in results) else 1)
 

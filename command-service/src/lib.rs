@@ -94,7 +94,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     });
 
     let state = AppState {
-        commands: Commands::new(store, appender, config.snapshot_every),
+        commands: Commands::new(store, appender, config.snapshot_every).with_append_timeout(config.database_timeout()),
         producer,
         topic: config.kafka_topic.clone(),
     };

@@ -69,6 +69,12 @@ pub struct Config {
     #[arg(long, env = "SEARCH_TIMEOUT_MS", default_value_t = 1000, global = true)]
     pub search_timeout_ms: u64,
 
+    /// How long a search may wait for a connection of its pool before it
+    /// gets 503: longer than other requests' wait, so that a burst of
+    /// searches queues (and slows) rather than fails.
+    #[arg(long, env = "SEARCH_QUEUE_TIMEOUT_MS", default_value_t = 5000, global = true)]
+    pub search_queue_timeout_ms: u64,
+
     /// How long a request may wait for a database connection before it gets 503.
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000, global = true)]
     pub database_timeout_ms: u64,

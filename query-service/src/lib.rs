@@ -210,7 +210,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let search_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
     let search_pool = PgPoolOptions::new()
         .max_connections(config.search_max_connections)
-        .acquire_timeout(config.database_timeout())
+        .acquire_timeout(Duration::from_millis(config.search_queue_timeout_ms))
         // No sequential scans: prepared statements soon run a generic plan,
         // which cannot know a search term is selective; on a grown table it
         // chose to scan every row hoping for 50 early matches (160 ms at 230k

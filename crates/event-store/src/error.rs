@@ -10,6 +10,10 @@ pub enum EventStoreError {
     /// every command of a failed batch, hence the `Arc`.
     #[error("event store database error: {0}")]
     Database(#[source] Arc<sqlx::Error>),
+    /// No answer within the caller's deadline (e.g. the database is down and
+    /// connection attempts are timing out).
+    #[error("event store did not answer within {0:?}")]
+    TimedOut(std::time::Duration),
     /// The group-commit writer task is gone (the service is shutting down).
     #[error("event store writer has stopped")]
     WriterStopped,
