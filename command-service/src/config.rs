@@ -15,11 +15,12 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8091")]
     pub listen_addr: SocketAddr,
 
-    /// Event-store database.
+    /// Event-store database. Credentials come only from the environment:
+    /// the default names no password (set it here or in PGPASSWORD).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://hammer:hammer@127.0.0.1:5433/eventstore"
+        default_value = "postgres://hammer@127.0.0.1:5433/eventstore"
     )]
     pub database_url: String,
 

@@ -39,11 +39,12 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8092", global = true)]
     pub listen_addr: SocketAddr,
 
-    /// Read-model database.
+    /// Read-model database. Credentials come only from the environment:
+    /// the defaults name no password (set it here or in PGPASSWORD).
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://hammer:hammer@127.0.0.1:5434/readmodel",
+        default_value = "postgres://hammer@127.0.0.1:5434/readmodel",
         global = true
     )]
     pub database_url: String,
@@ -52,7 +53,7 @@ pub struct Config {
     #[arg(
         long,
         env = "EVENT_STORE_URL",
-        default_value = "postgres://hammer:hammer@127.0.0.1:5433/eventstore",
+        default_value = "postgres://hammer@127.0.0.1:5433/eventstore",
         global = true
     )]
     pub event_store_url: String,
