@@ -12,6 +12,11 @@ pub const MAX_SKILL_CHARS: usize = 50;
 /// Most fight skills one warrior may list.
 pub const MAX_SKILLS: usize = 100;
 
+/// The one character no stored text may hold: PostgreSQL refuses NUL in
+/// `text` and in `jsonb` strings, so a name or skill with one could never be
+/// written; it is an invalid value (422), not a server failure.
+const NUL: char = '\0';
+
 /// A name with at least one non-blank character and at most 100 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -24,6 +29,9 @@ impl WarriorName {
         }
         if raw.chars().count() > MAX_NAME_CHARS {
             return Err("must be at most 100 characters");
+        }
+        if raw.contains(NUL) {
+            return Err("must not contain a NUL character");
         }
         Ok(Self(raw.to_owned()))
     }
@@ -89,6 +97,9 @@ impl FightSkill {
         }
         if raw.chars().count() > MAX_SKILL_CHARS {
             return Err("must be at most 50 characters");
+        }
+        if raw.contains(NUL) {
+            return Err("must not contain a NUL character");
         }
         Ok(Self(raw.to_owned()))
     }
@@ -175,6 +186,12 @@ mod tests {
         let hundred_wide = "é".repeat(100);
         assert!(WarriorName::parse(&hundred_wide).is_ok());
         assert!(WarriorName::parse(&"é".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        assert_eq!(WarriorName::parse("a\0b"), Err("must not contain a NUL character"));
+        assert_eq!(FightSkill::parse("\0"), Err("must not contain a NUL character"));
     }
 
     #[test]
