@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use http_kit::extract::Path;
 use http_kit::{JsonBody, REQUEST_ID};
 use rdkafka::producer::Producer;
 use serde::Serialize;

@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use http_kit::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared_kernel::Warrior;
@@ -35,7 +36,16 @@ pub async fn search(
     Query(params): Query<SearchParams>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
     let term = params.t.filter(|t| !t.trim().is_empty()).ok_or(ApiError::MissingTerm)?;
-    Ok(Json(app.read_model.search(&term).await?))
+    Ok(Json(search_for(&app, &term).await?))
+}
+
+/// A term holding NUL matches nothing: no stored name or skill can hold one
+/// (PostgreSQL refuses NUL in text), nor can it be sent as a parameter.
+async fn search_for(app: &AppState, term: &str) -> Result<Vec<Warrior>, ApiError> {
+    if term.contains('\0') {
+        return Ok(Vec::new());
+    }
+    Ok(app.read_model.search(term).await?)
 }
 
 /// `GET /api/v1/queries/warriors?t=`: as search, but without a term lists
@@ -45,7 +55,7 @@ pub async fn search_v1(
     Query(params): Query<SearchParams>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
     let warriors = match params.t.filter(|t| !t.trim().is_empty()) {
-        Some(term) => app.read_model.search(&term).await?,
+        Some(term) => search_for(&app, &term).await?,
         None => app.read_model.recent().await?,
     };
     Ok(Json(warriors))

@@ -3,6 +3,7 @@
 //! 413/415 rules, request ids, tracing set-up and graceful shutdown.
 
 mod body;
+pub mod extract;
 mod metrics;
 mod problem;
 mod telemetry;
