@@ -153,11 +153,24 @@ pub struct WarriorDraft {
 
 /// The warrior resource as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({
+        "id": "6f1c0c3e-2b8a-4d5e-9f4b-0a1b2c3d4e5f",
+        "name": "Musashi",
+        "dob": "1584-03-12",
+        "fight_skills": ["Katana"],
+        "version": 1
+    }))
+)]
 pub struct Warrior {
     pub id: Uuid,
     pub name: String,
     pub dob: NaiveDate,
     pub fight_skills: Vec<String>,
+    /// Number of events in the warrior's history; also sent as the `ETag`.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub version: i64,
 }
 
