@@ -10,7 +10,6 @@ pub mod routes;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::routing::{get, post, put};
 use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
@@ -18,6 +17,9 @@ use rdkafka::producer::FutureProducer;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::commands::Commands;
 use crate::config::Config;
@@ -31,16 +33,46 @@ pub struct AppState {
     pub topic: String,
 }
 
+/// What the command side's OpenAPI document says besides its operations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "api-hammer command-service",
+        description = "Creates, replaces and deletes warriors: every change is an event in the \
+                       PostgreSQL event store, relayed to Kafka. Errors are `application/problem+json`.",
+        license(name = "MIT")
+    ),
+    tags(
+        (name = "warriors", description = "The warrior resource."),
+        (name = "v1", description = "The original Java API's routes, kept for its clients."),
+        (name = "operations", description = "Health and readiness of this service (not routed by the gateway)."),
+    )
+)]
+struct ApiDoc;
+
+/// Every documented route: axum routes each handler at the path and method
+/// of its `#[utoipa::path]`, so the document and the router cannot differ.
+fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::create))
+        .routes(routes!(routes::replace, routes::delete))
+        .routes(routes!(routes::history))
+        .routes(routes!(routes::create_v1))
+        .routes(routes!(routes::health_v1))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::ready))
+}
+
+/// The command side's OpenAPI document (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
 /// The routes, apart from how they are served (tests build it directly).
 pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Router {
-    let routes = Router::new()
-        .route("/warrior", post(routes::create))
-        .route("/warrior/{id}", put(routes::replace).delete(routes::delete))
-        .route("/warrior/{id}/events", get(routes::history))
-        .route("/api/v1/commands/warriors", post(routes::create_v1))
-        .route("/api/v1/commands/health", get(routes::health))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
+    let (routes, doc) = router().split_for_parts();
+    let routes = routes
+        .route("/openapi.json", http_kit::openapi_json(&doc))
         .with_state(state);
     http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }

@@ -1,18 +1,25 @@
 //! HTTP handlers: translate requests into commands and outcomes into the
 //! contract's status codes and headers. No decisions are made here.
+//!
+//! Each handler's `#[utoipa::path]` is its entry in the OpenAPI document;
+//! the router is built from the same attributes (see `crate::router`), so a
+//! route cannot exist without its documentation or the other way round.
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use http_kit::{JsonBody, REQUEST_ID};
+use http_kit::extract::Path;
+use http_kit::{Health, JsonBody, Problem, Readiness, REQUEST_ID};
 use rdkafka::producer::Producer;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use shared_kernel::openapi::WarriorInput;
 use shared_kernel::{parse_warrior, Warrior, WarriorDraft};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::commands::{today, Created, RequestMeta};
@@ -22,7 +29,36 @@ use crate::AppState;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// `POST /warrior`: 201 once the event is committed in the event store.
+/// Create a warrior.
+///
+/// Answers 201 once the `WarriorCreated` event is committed in the event
+/// store. With an `Idempotency-Key`, a repeat with the same body returns the
+/// first answer (same id) and appends nothing.
+#[utoipa::path(
+    post,
+    path = "/warrior",
+    operation_id = "createWarrior",
+    tag = "warriors",
+    params(IdempotencyKey),
+    request_body(content = WarriorInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (or replayed for a repeated Idempotency-Key).", body = Warrior,
+            headers(
+                ("Location" = String, description = "`/warrior/{id}` of the new warrior"),
+                ("ETag" = String, description = "Its version, quoted: `\"1\"`"),
+            ),
+            links(
+                ("ReplaceWarrior" = (operation_id = "replaceWarrior", parameters(("id" = "$response.body#/id")))),
+                ("DeleteWarrior" = (operation_id = "deleteWarrior", parameters(("id" = "$response.body#/id")))),
+                ("WarriorHistory" = (operation_id = "warriorHistory", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Body is not JSON, not an object, or a field has the wrong JSON type; or a malformed Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type missing or not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid values (every bad field is listed in `errors`), or an Idempotency-Key reused with a different body.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let warrior = created.warrior();
@@ -30,14 +66,45 @@ pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: JsonB
     Ok(with_etag(StatusCode::CREATED, warrior, Some(location)))
 }
 
-/// `POST /api/v1/commands/warriors`: the original API's 202 variant.
+/// Answer of `POST /api/v1/commands/warriors`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"id": "6f1c0c3e-2b8a-4d5e-9f4b-0a1b2c3d4e5f", "message": "Warrior created successfully"}))]
+pub struct CreatedV1 {
+    id: Uuid,
+    message: &'static str,
+}
+
+/// Create a warrior (original API).
+///
+/// As `POST /warrior`, answered the original Java API's way: 202 with the
+/// id and where to read the warrior.
+#[utoipa::path(
+    post,
+    path = "/api/v1/commands/warriors",
+    operation_id = "createWarriorV1",
+    tag = "v1",
+    params(IdempotencyKey),
+    request_body(content = WarriorInput, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Created; committed in the event store.", body = CreatedV1,
+            headers(("Location" = String, description = "`/api/v1/queries/warriors/{id}`"))),
+        (status = 400, description = "Body is not JSON, not an object, or a field has the wrong JSON type; or a malformed Idempotency-Key.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type missing or not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid values (every bad field is listed in `errors`), or an Idempotency-Key reused with a different body.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn create_v1(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let id = created.warrior().id;
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/api/v1/queries/warriors/{id}"))],
-        Json(json!({"id": id, "message": "Warrior created successfully"})),
+        Json(CreatedV1 {
+            id,
+            message: "Warrior created successfully",
+        }),
     )
         .into_response())
 }
@@ -47,7 +114,30 @@ async fn create_from(app: &AppState, headers: &HeaderMap, body: &JsonBody) -> Re
     Ok(app.commands.create(&draft, &request_meta(headers)?).await?)
 }
 
-/// `PUT /warrior/{id}`: full replacement, optionally guarded by `If-Match`.
+/// Replace a warrior.
+///
+/// Full replacement, validated like a create. With `If-Match` it applies
+/// only on top of that version; without, on top of the latest.
+#[utoipa::path(
+    put,
+    path = "/warrior/{id}",
+    operation_id = "replaceWarrior",
+    tag = "warriors",
+    params(WarriorId, IfMatch),
+    request_body(content = WarriorInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced; the body has the new version.", body = Warrior,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 400, description = "Body is not JSON, not an object, or a field has the wrong JSON type.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such warrior (unknown, deleted, or not a UUID).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many concurrent changes to this warrior; retry.", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not name the current version; nothing was written.", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB.", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Content-Type missing or not JSON.", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid values; every bad field is listed in `errors`.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn replace(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -63,7 +153,23 @@ pub async fn replace(
     Ok(with_etag(StatusCode::OK, &warrior, None))
 }
 
-/// `DELETE /warrior/{id}`: 204; the history stays.
+/// Delete a warrior.
+///
+/// Later lookups answer 404; the history stays readable.
+#[utoipa::path(
+    delete,
+    path = "/warrior/{id}",
+    operation_id = "deleteWarrior",
+    tag = "warriors",
+    params(WarriorId, IfMatch),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such warrior (unknown, already deleted, or not a UUID).", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Too many concurrent changes to this warrior; retry.", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` does not name the current version; nothing was written.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -77,17 +183,43 @@ pub async fn delete(
 }
 
 /// One entry of `GET /warrior/{id}/events`.
-#[derive(Debug, Serialize)]
-struct HistoryEntry {
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "event_id": "0b6f4c1e-8d2a-4e3b-9c5d-7a1f2e3d4c5b",
+    "type": "WarriorCreated",
+    "version": 1,
+    "occurred_at": "2026-11-25T10:00:00Z",
+    "data": {"name": "Musashi", "dob": "1584-03-12", "fight_skills": ["Katana"]}
+}))]
+pub struct HistoryEntry {
     event_id: Uuid,
+    /// `WarriorCreated`, `WarriorUpdated` or `WarriorDeleted`.
     #[serde(rename = "type")]
     event_type: String,
+    #[schema(minimum = 1)]
     version: i64,
     occurred_at: DateTime<Utc>,
+    /// The event's payload (see docs/EVENTS.md); `{}` for a deletion.
+    #[schema(value_type = Object)]
     data: Value,
 }
 
-/// `GET /warrior/{id}/events`: the audit trail, in version order.
+/// A warrior's history.
+///
+/// The audit trail from the event store, in version order; kept after a
+/// deletion.
+#[utoipa::path(
+    get,
+    path = "/warrior/{id}/events",
+    operation_id = "warriorHistory",
+    tag = "warriors",
+    params(WarriorId),
+    responses(
+        (status = 200, description = "Every event of the warrior, oldest first.", body = Vec<HistoryEntry>),
+        (status = 404, description = "No such warrior ever existed (or not a UUID).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn history(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let events = app.commands.history(parse_id(&id)?).await?;
     let entries: Vec<HistoryEntry> = events
@@ -103,12 +235,41 @@ pub async fn history(State(app): State<AppState>, Path(id): Path<String>) -> Res
     Ok(Json(entries).into_response())
 }
 
-/// `GET /health`: the process is alive.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Command side alive.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "commandHealth",
+    tag = "operations",
+    responses((status = 200, description = "The process is alive.", body = Health)),
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health::OK)
 }
 
-/// `GET /ready`: 200 only while the event store and Kafka are reachable.
+/// Command side alive (original API).
+#[utoipa::path(
+    get,
+    path = "/api/v1/commands/health",
+    operation_id = "commandHealthV1",
+    tag = "v1",
+    responses((status = 200, description = "The command side is alive.", body = Health)),
+)]
+pub async fn health_v1() -> Json<Health> {
+    health().await
+}
+
+/// Command side ready.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "commandReady",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The event store and Kafka are reachable.", body = Readiness),
+        (status = 503, description = "The event store or Kafka is unreachable.", body = Readiness),
+    ),
+)]
 pub async fn ready(State(app): State<AppState>) -> Response {
     let database = tokio::time::timeout(
         Duration::from_secs(1),
@@ -131,7 +292,45 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"database": database, "kafka": kafka}))).into_response()
+    (status, Json(Readiness { database, kafka })).into_response()
+}
+
+/// `{id}`: a warrior's UUID. Anything else names no warrior (404).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct WarriorId {
+    /// The warrior's id.
+    id: Uuid,
+}
+
+/// `If-Match` on `PUT` and `DELETE`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IfMatch {
+    /// `"N"` (or `W/"N"`): apply only if the current version is N, else 412
+    /// and nothing is written. `*` or absent: apply on top of the latest.
+    #[param(rename = "If-Match", required = false, example = "\"1\"")]
+    if_match: String,
+}
+
+/// `Idempotency-Key` on creates.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKey {
+    /// 1 to 255 visible ASCII characters. A repeat with the same body gets
+    /// the first answer and appends nothing; the same key with a different
+    /// body gets 422. Anything else is a 400.
+    #[param(
+        rename = "Idempotency-Key",
+        required = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$"
+    )]
+    idempotency_key: String,
 }
 
 fn with_etag(status: StatusCode, warrior: &Warrior, location: Option<String>) -> Response {

@@ -143,7 +143,7 @@ mod tests {
         });
         let answers = futures::future::join_all((0..100u32).map(|k| {
             let coalescer = coalescer.clone();
-            async move { (k, coalescer.get(k).await.unwrap()) }
+            async move { (k, coalescer.get(k).await.expect("lookup")) }
         }))
         .await;
         for (k, answer) in answers {

@@ -14,7 +14,6 @@ pub mod verify;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::routing::get;
 use axum::Router;
 use event_store::{EventStore, EventStoreError};
 use http_kit::PrometheusHandle;
@@ -25,6 +24,9 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::coalesce::{CoalesceError, Coalescer};
@@ -145,18 +147,48 @@ impl AppState {
     }
 }
 
+/// What the query side's OpenAPI document says besides its operations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "api-hammer query-service",
+        description = "Looks warriors up (reading your own writes), searches and counts them, from \
+                       a read model projected from Kafka. Errors are `application/problem+json`.",
+        license(name = "MIT")
+    ),
+    tags(
+        (name = "warriors", description = "The warrior resource."),
+        (name = "v1", description = "The original Java API's routes, kept for its clients."),
+        (name = "operations", description = "Health and readiness of this service (not routed by the gateway)."),
+    )
+)]
+struct ApiDoc;
+
+/// Every documented route: axum routes each handler at the path and method
+/// of its `#[utoipa::path]`, so the document and the router cannot differ.
+fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(routes::search))
+        .routes(routes!(routes::get_warrior))
+        .routes(routes!(routes::count))
+        .routes(routes!(routes::search_v1))
+        .routes(routes!(routes::get_warrior_v1))
+        .routes(routes!(routes::count_v1))
+        .routes(routes!(routes::health_v1))
+        .routes(routes!(routes::health))
+        .routes(routes!(routes::ready))
+}
+
+/// The query side's OpenAPI document (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    router().into_openapi()
+}
+
 /// The routes, apart from how they are served.
 pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Router {
-    let routes = Router::new()
-        .route("/warrior", get(routes::search))
-        .route("/warrior/{id}", get(routes::get_warrior))
-        .route("/counting-warriors", get(routes::count))
-        .route("/api/v1/queries/warriors", get(routes::search_v1))
-        .route("/api/v1/queries/warriors/{id}", get(routes::get_warrior))
-        .route("/api/v1/queries/counting-warriors", get(routes::count))
-        .route("/api/v1/queries/health", get(routes::health))
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
+    let (routes, doc) = router().split_for_parts();
+    let routes = routes
+        .route("/openapi.json", http_kit::openapi_json(&doc))
         .with_state(state);
     http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }

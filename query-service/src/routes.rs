@@ -1,21 +1,51 @@
 //! HTTP handlers of the query side.
+//!
+//! Each handler's `#[utoipa::path]` is its entry in the OpenAPI document;
+//! the router is built from the same attributes (see `crate::router`).
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use http_kit::extract::{Path, Query};
+use http_kit::{Health, Problem, Readiness};
+use serde::{Deserialize, Serialize};
 use shared_kernel::Warrior;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::read_model::Lookup;
 use crate::AppState;
 
-/// `GET /warrior/{id}`: 404 if unknown, deleted or not a UUID.
+/// `{id}`: a warrior's UUID. Anything else names no warrior (404).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct WarriorId {
+    /// The warrior's id.
+    id: Uuid,
+}
+
+/// Look a warrior up.
+///
+/// Reads your writes: once a write got its 2xx, this reflects it (waiting,
+/// bounded, for the projection), never a 404 or an older version.
+#[utoipa::path(
+    get,
+    path = "/warrior/{id}",
+    operation_id = "getWarrior",
+    tag = "warriors",
+    params(WarriorId),
+    responses(
+        (status = 200, description = "The warrior.", body = Warrior,
+            headers(("ETag" = String, description = "Its version, quoted: `\"3\"`"))),
+        (status = 404, description = "Unknown, deleted, or not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn get_warrior(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     match app.lookup_consistent(id).await? {
@@ -24,44 +54,187 @@ pub async fn get_warrior(State(app): State<AppState>, Path(id): Path<String>) ->
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Look a warrior up (original API).
+#[utoipa::path(
+    get,
+    path = "/api/v1/queries/warriors/{id}",
+    operation_id = "getWarriorV1",
+    tag = "v1",
+    params(WarriorId),
+    responses(
+        (status = 200, description = "The warrior.", body = Warrior,
+            headers(("ETag" = String, description = "Its version, quoted: `\"3\"`"))),
+        (status = 404, description = "Unknown, deleted, or not a UUID.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn get_warrior_v1(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+    get_warrior(state, id).await
+}
+
+/// Query of `GET /warrior`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Case-insensitive substring of the name or of any fight skill; must
+    /// not be blank.
+    #[param(required = true, min_length = 1, example = "katana")]
     t: Option<String>,
 }
 
-/// `GET /warrior?t=term`: at most 50 live warriors matching the term.
+/// Query of `GET /api/v1/queries/warriors`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParamsV1 {
+    /// Case-insensitive substring of the name or of any fight skill;
+    /// missing or blank: the 50 most recently created warriors.
+    #[param(example = "katana")]
+    t: Option<String>,
+}
+
+/// The term of a search, if it names something: not blank.
+fn term(t: Option<String>) -> Option<String> {
+    t.filter(|t| !t.trim().is_empty())
+}
+
+/// Search warriors.
+///
+/// At most 50 live warriors whose name or a fight skill contains the term,
+/// ignoring case. Eventually consistent.
+#[utoipa::path(
+    get,
+    path = "/warrior",
+    operation_id = "searchWarriors",
+    tag = "warriors",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "Up to 50 matching warriors.", body = Vec<Warrior>),
+        (status = 400, description = "`t` is missing or blank, or the query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read model is unavailable or the search took too long; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn search(
     State(app): State<AppState>,
     Query(params): Query<SearchParams>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
-    let term = params.t.filter(|t| !t.trim().is_empty()).ok_or(ApiError::MissingTerm)?;
-    Ok(Json(app.read_model.search(&term).await?))
+    let term = term(params.t).ok_or(ApiError::MissingTerm)?;
+    Ok(Json(search_for(&app, &term).await?))
 }
 
-/// `GET /api/v1/queries/warriors?t=`: as search, but without a term lists
-/// the 50 most recently created warriors.
+/// A term holding NUL matches nothing: no stored name or skill can hold one
+/// (PostgreSQL refuses NUL in text), nor can it be sent as a parameter.
+async fn search_for(app: &AppState, term: &str) -> Result<Vec<Warrior>, ApiError> {
+    if term.contains('\0') {
+        return Ok(Vec::new());
+    }
+    Ok(app.read_model.search(term).await?)
+}
+
+/// Search or list warriors (original API).
+///
+/// As `GET /warrior?t=`, but without a term lists the 50 most recently
+/// created warriors.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queries/warriors",
+    operation_id = "searchWarriorsV1",
+    tag = "v1",
+    params(SearchParamsV1),
+    responses(
+        (status = 200, description = "Up to 50 warriors.", body = Vec<Warrior>),
+        (status = 400, description = "The query string is malformed.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The read model is unavailable or the search took too long; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
 pub async fn search_v1(
     State(app): State<AppState>,
-    Query(params): Query<SearchParams>,
+    Query(params): Query<SearchParamsV1>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
-    let warriors = match params.t.filter(|t| !t.trim().is_empty()) {
-        Some(term) => app.read_model.search(&term).await?,
+    let warriors = match term(params.t) {
+        Some(term) => search_for(&app, &term).await?,
         None => app.read_model.recent().await?,
     };
     Ok(Json(warriors))
 }
 
-/// `GET /counting-warriors`: live warriors in the read model.
-pub async fn count(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"count": app.read_model.count().await?})))
+/// Answer of the count routes.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"count": 42}))]
+pub struct Count {
+    /// Live warriors (created, not deleted).
+    #[schema(minimum = 0)]
+    count: i64,
 }
 
-/// `GET /health`: the process is alive.
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// Count warriors.
+///
+/// Live warriors in the read model; eventually consistent.
+#[utoipa::path(
+    get,
+    path = "/counting-warriors",
+    operation_id = "countWarriors",
+    tag = "warriors",
+    responses(
+        (status = 200, description = "The number of live warriors.", body = Count),
+        (status = 503, description = "The read model is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn count(State(app): State<AppState>) -> Result<Json<Count>, ApiError> {
+    Ok(Json(Count {
+        count: app.read_model.count().await?,
+    }))
 }
 
-/// `GET /ready`: 200 only while the read model and Kafka are reachable.
+/// Count warriors (original API).
+#[utoipa::path(
+    get,
+    path = "/api/v1/queries/counting-warriors",
+    operation_id = "countWarriorsV1",
+    tag = "v1",
+    responses(
+        (status = 200, description = "The number of live warriors.", body = Count),
+        (status = 503, description = "The read model is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn count_v1(state: State<AppState>) -> Result<Json<Count>, ApiError> {
+    count(state).await
+}
+
+/// Query side alive.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "queryHealth",
+    tag = "operations",
+    responses((status = 200, description = "The process is alive.", body = Health)),
+)]
+pub async fn health() -> Json<Health> {
+    Json(Health::OK)
+}
+
+/// Query side alive (original API).
+#[utoipa::path(
+    get,
+    path = "/api/v1/queries/health",
+    operation_id = "queryHealthV1",
+    tag = "v1",
+    responses((status = 200, description = "The query side is alive.", body = Health)),
+)]
+pub async fn health_v1() -> Json<Health> {
+    health().await
+}
+
+/// Query side ready.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    operation_id = "queryReady",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The read model and Kafka are reachable.", body = Readiness),
+        (status = 503, description = "The read model or Kafka is unreachable.", body = Readiness),
+    ),
+)]
 pub async fn ready(State(app): State<AppState>) -> Response {
     let database = tokio::time::timeout(
         Duration::from_secs(1),
@@ -75,7 +248,7 @@ pub async fn ready(State(app): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"database": database, "kafka": kafka}))).into_response()
+    (status, Json(Readiness { database, kafka })).into_response()
 }
 
 fn with_etag(warrior: &Warrior) -> Response {

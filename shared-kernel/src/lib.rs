@@ -5,6 +5,8 @@
 
 pub mod aggregate;
 pub mod events;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod validation;
 pub mod warrior;
 

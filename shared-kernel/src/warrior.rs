@@ -12,6 +12,11 @@ pub const MAX_SKILL_CHARS: usize = 50;
 /// Most fight skills one warrior may list.
 pub const MAX_SKILLS: usize = 100;
 
+/// The one character no stored text may hold: PostgreSQL refuses NUL in
+/// `text` and in `jsonb` strings, so a name or skill with one could never be
+/// written; it is an invalid value (422), not a server failure.
+const NUL: char = '\0';
+
 /// A name with at least one non-blank character and at most 100 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -24,6 +29,9 @@ impl WarriorName {
         }
         if raw.chars().count() > MAX_NAME_CHARS {
             return Err("must be at most 100 characters");
+        }
+        if raw.contains(NUL) {
+            return Err("must not contain a NUL character");
         }
         Ok(Self(raw.to_owned()))
     }
@@ -90,6 +98,9 @@ impl FightSkill {
         if raw.chars().count() > MAX_SKILL_CHARS {
             return Err("must be at most 50 characters");
         }
+        if raw.contains(NUL) {
+            return Err("must not contain a NUL character");
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -142,11 +153,24 @@ pub struct WarriorDraft {
 
 /// The warrior resource as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schema(example = json!({
+        "id": "6f1c0c3e-2b8a-4d5e-9f4b-0a1b2c3d4e5f",
+        "name": "Musashi",
+        "dob": "1584-03-12",
+        "fight_skills": ["Katana"],
+        "version": 1
+    }))
+)]
 pub struct Warrior {
     pub id: Uuid,
     pub name: String,
     pub dob: NaiveDate,
     pub fight_skills: Vec<String>,
+    /// Number of events in the warrior's history; also sent as the `ETag`.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub version: i64,
 }
 
@@ -175,6 +199,12 @@ mod tests {
         let hundred_wide = "é".repeat(100);
         assert!(WarriorName::parse(&hundred_wide).is_ok());
         assert!(WarriorName::parse(&"é".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        assert_eq!(WarriorName::parse("a\0b"), Err("must not contain a NUL character"));
+        assert_eq!(FightSkill::parse("\0"), Err("must not contain a NUL character"));
     }
 
     #[test]

@@ -3,12 +3,17 @@
 //! 413/415 rules, request ids, tracing set-up and graceful shutdown.
 
 mod body;
+pub mod extract;
+mod health;
 mod metrics;
+mod openapi;
 mod problem;
 mod telemetry;
 
 pub use body::{JsonBody, MAX_BODY_BYTES};
+pub use health::{Health, Readiness};
 pub use metrics::install_metrics;
 pub use metrics_exporter_prometheus::PrometheusHandle;
+pub use openapi::openapi_json;
 pub use problem::{Problem, PROBLEM_JSON};
 pub use telemetry::{init_tracing, shutdown_signal, with_common_layers, REQUEST_ID};

@@ -6,16 +6,30 @@ use serde_json::Value;
 /// Media type of every error response (RFC 9457).
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// An error response body: `type`, `title`, `status`, `detail`, and for
-/// validation failures `errors`, mapping each bad field to a message.
-#[derive(Debug, Clone, Serialize)]
+/// An error response body (RFC 9457, `application/problem+json`): `type`,
+/// `title`, `status`, `detail`, and for validation failures `errors`,
+/// mapping each bad field to a message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "type": "urn:api-hammer:problem:invalid-warrior",
+    "title": "Invalid warrior",
+    "status": 422,
+    "detail": "one or more fields have unacceptable values",
+    "errors": {"dob": "must be a real calendar date"}
+}))]
 pub struct Problem {
+    /// `about:blank` (the status says it all) or `urn:api-hammer:problem:<slug>`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
+    /// The HTTP status code, repeated.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     pub detail: String,
+    /// Each bad field (`name`, `fight_skills[1]`, a header or parameter name)
+    /// with what is wrong with it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = std::collections::BTreeMap<String, String>, required = false)]
     pub errors: Option<Value>,
 }
 
