@@ -311,8 +311,9 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "query-service listening");
-    axum::serve(listener, app(state, &config, metrics))
-        .with_graceful_shutdown(http_kit::shutdown_signal())
+    let draining = http_kit::Draining::default();
+    axum::serve(listener, draining.apply(app(state, &config, metrics)))
+        .with_graceful_shutdown(draining.shutdown_signal())
         .await?;
 
     let _ = stop_projector.send(true);

@@ -3,6 +3,7 @@
 //! 413/415 rules, request ids, tracing set-up and graceful shutdown.
 
 mod body;
+mod drain;
 pub mod extract;
 mod health;
 mod metrics;
@@ -11,6 +12,7 @@ mod problem;
 mod telemetry;
 
 pub use body::{JsonBody, MAX_BODY_BYTES};
+pub use drain::{Draining, DRAIN_DELAY};
 pub use health::{Health, Readiness};
 pub use metrics::install_metrics;
 pub use metrics_exporter_prometheus::PrometheusHandle;
