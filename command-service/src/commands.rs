@@ -11,7 +11,8 @@ use chrono::Utc;
 use event_store::{AppendOutcome, Appender, EventStore, EventStoreError, NewEvent, Snapshot, StoredEvent};
 use serde_json::{json, Value};
 use shared_kernel::{
-    UnknownEventType, Warrior, WarriorAggregate, WarriorDraft, WarriorEvent, WarriorState, SCHEMA_VERSION,
+    IdempotencyKey, UnknownEventType, Warrior, WarriorAggregate, WarriorDraft, WarriorEvent, WarriorState,
+    SCHEMA_VERSION,
 };
 use thiserror::Error;
 use uuid::Uuid;
@@ -44,7 +45,7 @@ pub enum CommandError {
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub request_id: Option<String>,
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 impl RequestMeta {
@@ -54,7 +55,7 @@ impl RequestMeta {
             meta.insert("request_id".into(), json!(id));
         }
         if let Some(key) = &self.idempotency_key {
-            meta.insert("idempotency_key".into(), json!(key));
+            meta.insert("idempotency_key".into(), json!(key.as_str()));
         }
         Value::Object(meta)
     }
@@ -135,7 +136,7 @@ impl Commands {
     /// itself: no window in which two racing repeats could both create.
     pub async fn create(&self, draft: &WarriorDraft, meta: &RequestMeta) -> Result<Created, CommandError> {
         let id = match &meta.idempotency_key {
-            Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_bytes()),
+            Some(key) => Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, key.as_str().as_bytes()),
             None => Uuid::new_v4(),
         };
         let event = WarriorEvent::Created(WarriorState::from(draft));

@@ -14,8 +14,8 @@ pub enum ApiError {
     Input(#[from] InputError),
     #[error(transparent)]
     Command(#[from] CommandError),
-    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
-    BadIdempotencyKey,
+    #[error("Idempotency-Key {0}")]
+    BadIdempotencyKey(&'static str),
 }
 
 impl IntoResponse for ApiError {
@@ -41,8 +41,8 @@ impl IntoResponse for ApiError {
                 "one or more fields have unacceptable values",
             )
             .with_errors(errors),
-            Self::BadIdempotencyKey => Problem::new(StatusCode::BAD_REQUEST, self.to_string())
-                .with_errors(serde_json::json!({"Idempotency-Key": self.to_string()})),
+            Self::BadIdempotencyKey(reason) => Problem::new(StatusCode::BAD_REQUEST, self.to_string())
+                .with_errors(serde_json::json!({"Idempotency-Key": reason})),
             Self::Command(error) => return command_problem(error).into_response(),
         };
         problem.into_response()

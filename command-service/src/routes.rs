@@ -18,7 +18,7 @@ use rdkafka::producer::Producer;
 use serde::Serialize;
 use serde_json::Value;
 use shared_kernel::openapi::WarriorInput;
-use shared_kernel::{parse_warrior, Warrior, WarriorDraft};
+use shared_kernel::{parse_warrior, IdempotencyKey, Warrior, WarriorDraft};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -27,7 +27,6 @@ use crate::error::ApiError;
 use crate::AppState;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// Create a warrior.
 ///
@@ -39,7 +38,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
     path = "/warrior",
     operation_id = "createWarrior",
     tag = "warriors",
-    params(IdempotencyKey),
+    params(IdempotencyKeyParam),
     request_body(content = WarriorInput, content_type = "application/json"),
     responses(
         (status = 201, description = "Created (or replayed for a repeated Idempotency-Key).", body = Warrior,
@@ -83,7 +82,7 @@ pub struct CreatedV1 {
     path = "/api/v1/commands/warriors",
     operation_id = "createWarriorV1",
     tag = "v1",
-    params(IdempotencyKey),
+    params(IdempotencyKeyParam),
     request_body(content = WarriorInput, content_type = "application/json"),
     responses(
         (status = 202, description = "Created; committed in the event store.", body = CreatedV1,
@@ -319,7 +318,7 @@ pub struct IfMatch {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
-pub struct IdempotencyKey {
+pub struct IdempotencyKeyParam {
     /// 1 to 255 visible ASCII characters. A repeat with the same body gets
     /// the first answer and appends nothing; the same key with a different
     /// body gets 422. Anything else is a 400.
@@ -363,16 +362,10 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
 
 fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
     let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(value) => {
-            let key = value.to_str().map_err(|_| ApiError::BadIdempotencyKey)?;
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-                return Err(ApiError::BadIdempotencyKey);
-            }
-            Some(key.to_owned())
-        }
-    };
+    let idempotency_key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(ApiError::BadIdempotencyKey))
+        .transpose()?;
     Ok(RequestMeta {
         request_id,
         idempotency_key,

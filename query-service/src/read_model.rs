@@ -158,12 +158,12 @@ impl ReadModel {
     /// matching skill are found through the array index. Names are found
     /// through the trigram index of `warrior_names` (kept by the indexer,
     /// so a name shows up there a moment after its row), queried with only
-    /// the first [`INDEX_PIECE_CHARS`] characters of the term: a GIN lookup
-    /// costs about one posting list per trigram, so a 50-letter term cost
-    /// 2 ms where its first 8 letters, already selective, cost 0.2 ms. The
-    /// whole term is then checked against the current row, which also drops
-    /// index entries of names changed since. Terms under three characters
-    /// have no trigram and scan rows until 50 match.
+    /// an [`index_piece`] of the term: a GIN lookup costs about one posting
+    /// list per trigram, so a 50-letter term cost 2 ms where 8 of its
+    /// letters, already selective, cost 0.2 ms. The whole term is then
+    /// checked against the current row, which also drops index entries of
+    /// names changed since. Terms without three letters or digits in a row
+    /// have no usable trigram and scan rows until 50 match.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
         let lower = term.to_lowercase();
         let skills: Vec<String> = self
@@ -173,15 +173,15 @@ impl ReadModel {
             .filter(|skill| skill.contains(&lower))
             .cloned()
             .collect();
-        let piece: String = term.chars().take(INDEX_PIECE_CHARS).collect();
-        let indexed = piece.chars().count() >= 3;
+        let piece = index_piece(term);
+        let indexed = piece.is_some();
         let mut sql = QueryBuilder::new("");
-        if indexed {
+        if let Some(piece) = piece {
             sql.push(format!(
                 "(SELECT {WARRIOR_COLUMNS} FROM warrior_names n JOIN warriors w USING (id)
                   WHERE n.search_text LIKE '%' || lower("
             ))
-            .push_bind(escape_like(&piece))
+            .push_bind(escape_like(piece))
             .push(") || '%' AND strpos(w.search_text, lower(")
             .push_bind(term)
             .push(format!(")) > 0 AND NOT w.deleted LIMIT {PAGE})"));
@@ -206,7 +206,7 @@ impl ReadModel {
         let rows: Vec<WarriorRow> = if indexed {
             sql.build_query_as().fetch_all(&self.search_pool).await?
         } else {
-            // No index can serve a term under three characters: the search
+            // No index can serve a term without a trigram: the search
             // pool forbids sequential scans, which would leave it walking
             // the newest-first index, several times slower than a plain
             // scan when matches are rare (a timeout, found by Schemathesis
@@ -469,6 +469,25 @@ fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
     newest.into_values().collect()
 }
 
+/// The part of a search term worth looking up in the trigram index: its
+/// longest run of letters and digits, cut to [`INDEX_PIECE_CHARS`], or
+/// `None` if no run has three. pg_trgm makes trigrams of letters and digits
+/// only, so a piece like `"!!!!"` or `"a b"` selects no posting list (or
+/// only huge ones) and the index would be read whole: a one-second timeout
+/// Schemathesis found. Any piece of the term is a necessary condition, so
+/// the whole-term check that follows keeps the answer exact.
+fn index_piece(term: &str) -> Option<&str> {
+    let run = term
+        .split(|c: char| !c.is_alphanumeric())
+        .max_by_key(|run| run.chars().count())
+        .filter(|run| run.chars().count() >= 3)?;
+    Some(
+        run.char_indices()
+            .nth(INDEX_PIECE_CHARS)
+            .map_or(run, |(end, _)| &run[..end]),
+    )
+}
+
 /// Makes `term` match literally inside a LIKE pattern.
 fn escape_like(term: &str) -> String {
     let mut escaped = String::with_capacity(term.len());
@@ -511,6 +530,19 @@ mod tests {
         let mut expected = vec![(a, 3), (b, 2)];
         expected.sort();
         assert_eq!(kept, expected);
+    }
+
+    #[test]
+    fn the_index_piece_is_the_longest_run_of_letters_and_digits() {
+        assert_eq!(index_piece("Bruce Lee"), Some("Bruce"));
+        assert_eq!(index_piece("al Jeet Kun"), Some("Jeet"));
+        assert_eq!(index_piece("Miyamoto Musashi"), Some("Miyamoto"));
+        assert_eq!(index_piece("Takamatsuden"), Some("Takamats"));
+        assert_eq!(index_piece("Émilienne"), Some("Émilienn"));
+        assert_eq!(index_piece("x 42a"), Some("42a"));
+        for term in ["!!!!", "a b c d", "ab", "  ", "é-é"] {
+            assert_eq!(index_piece(term), None, "{term:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod events;
+pub mod idempotency;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod validation;
@@ -12,5 +13,6 @@ pub mod warrior;
 
 pub use aggregate::WarriorAggregate;
 pub use events::{EventEnvelope, UnknownEventType, WarriorEvent, WarriorState, SCHEMA_VERSION};
+pub use idempotency::IdempotencyKey;
 pub use validation::{parse_warrior, FieldErrors, InputError};
 pub use warrior::{DateOfBirth, FightSkill, FightSkills, Warrior, WarriorDraft, WarriorName};

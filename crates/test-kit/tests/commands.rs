@@ -168,3 +168,26 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_once() {
     assert_eq!(other.status(), 422);
     assert_eq!(other.headers()["content-type"], "application/problem+json");
 }
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_refused_on_both_create_routes() {
+    let stack = Stack::from_env();
+    let too_long = "k".repeat(256);
+    for path in ["/warrior", "/api/v1/commands/warriors"] {
+        for key in ["a\tb", "order\t42", too_long.as_str()] {
+            let name = format!("idem-{}", uuid::Uuid::new_v4());
+            let response = stack
+                .http
+                .post(stack.at(path))
+                .header("idempotency-key", key)
+                .json(&json!({"name": name, "dob": "2000-01-01", "fight_skills": ["Judo"]}))
+                .send()
+                .await
+                .expect("reachable");
+            assert_eq!(response.status(), 400, "{path} with key {key:?}");
+            assert_eq!(response.headers()["content-type"], "application/problem+json");
+            let problem: Value = response.json().await.expect("JSON");
+            assert!(problem["errors"]["Idempotency-Key"].is_string(), "{problem}");
+        }
+    }
+}
