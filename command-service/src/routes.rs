@@ -5,16 +5,13 @@
 //! the router is built from the same attributes (see `crate::router`), so a
 //! route cannot exist without its documentation or the other way round.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use http_kit::extract::Path;
-use http_kit::{Health, JsonBody, Problem, Readiness, REQUEST_ID};
-use rdkafka::producer::Producer;
+use http_kit::{health, Health, JsonBody, Problem, Readiness, REQUEST_ID};
 use serde::Serialize;
 use serde_json::Value;
 use shared_kernel::openapi::WarriorInput;
@@ -243,7 +240,7 @@ pub async fn history(State(app): State<AppState>, Path(id): Path<String>) -> Res
     responses((status = 200, description = "The process is alive.", body = Health)),
 )]
 pub async fn health() -> Json<Health> {
-    Json(Health::OK)
+    health::alive().await
 }
 
 /// Command side alive (original API).
@@ -255,7 +252,7 @@ pub async fn health() -> Json<Health> {
     responses((status = 200, description = "The command side is alive.", body = Health)),
 )]
 pub async fn health_v1() -> Json<Health> {
-    health().await
+    health::alive().await
 }
 
 /// Command side ready.
@@ -269,29 +266,12 @@ pub async fn health_v1() -> Json<Health> {
         (status = 503, description = "The event store or Kafka is unreachable.", body = Readiness),
     ),
 )]
-pub async fn ready(State(app): State<AppState>) -> Response {
-    let database = tokio::time::timeout(
-        Duration::from_secs(1),
-        sqlx::query("SELECT 1").execute(app.commands.store().pool()),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let producer = app.producer.clone();
-    let topic = app.topic.clone();
-    let kafka = tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(1))
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false);
-    let status = if database && kafka {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(Readiness { database, kafka })).into_response()
+pub async fn ready(State(app): State<AppState>) -> Readiness {
+    let (database, kafka) = tokio::join!(
+        health::database_answers(app.commands.store().pool()),
+        messaging::topic_reachable(&app.producer, &app.topic)
+    );
+    Readiness { database, kafka }
 }
 
 /// `{id}`: a warrior's UUID. Anything else names no warrior (404).

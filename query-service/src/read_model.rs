@@ -9,11 +9,15 @@ use tokio::sync::{Mutex, RwLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use shared_kernel::{Warrior, WarriorEvent};
-use sqlx::{FromRow, PgPool, QueryBuilder};
+use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 /// Most rows a search or listing returns.
 pub const PAGE: i64 = 50;
+
+/// How many of the newest rows a skill search reads before it turns to the
+/// array index: enough to hold 50 holders of any skill one warrior in 40 has.
+const RECENT_SKILL_ROWS: i64 = 2000;
 
 /// How much of a search term is looked up in the trigram index.
 const INDEX_PIECE_CHARS: usize = 8;
@@ -162,8 +166,8 @@ impl ReadModel {
     /// list per trigram, so a 50-letter term cost 2 ms where 8 of its
     /// letters, already selective, cost 0.2 ms. The whole term is then
     /// checked against the current row, which also drops index entries of
-    /// names changed since. Terms without three letters or digits in a row
-    /// have no usable trigram and scan rows until 50 match.
+    /// names changed since. Terms without a usable trigram scan rows until 50
+    /// match, unless they hold a character no name has.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
         let lower = term.to_lowercase();
         let skills: Vec<String> = self
@@ -174,49 +178,25 @@ impl ReadModel {
             .cloned()
             .collect();
         let piece = index_piece(term);
-        let indexed = piece.is_some();
-        let mut sql = QueryBuilder::new("");
-        if let Some(piece) = piece {
-            sql.push(format!(
-                "(SELECT {WARRIOR_COLUMNS} FROM warrior_names n JOIN warriors w USING (id)
-                  WHERE n.search_text LIKE '%' || lower("
-            ))
-            .push_bind(escape_like(piece))
-            .push(") || '%' AND strpos(w.search_text, lower(")
-            .push_bind(term)
-            .push(format!(")) > 0 AND NOT w.deleted LIMIT {PAGE})"));
-            if !skills.is_empty() {
-                sql.push(format!(
-                    " UNION ALL (SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND skills_lower && "
-                ))
-                .push_bind(skills)
-                .push(format!(" LIMIT {PAGE})"));
-            }
+        let names = name_query(piece.is_some());
+        let names = sqlx::query_as(&names)
+            .bind(piece.map_or_else(|| term.to_owned(), escape_like))
+            .bind(term);
+        let mut rows: Vec<WarriorRow> = if piece.is_some() {
+            names.fetch_all(&self.search_pool).await?
         } else {
-            sql.push(format!(
-                "SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND (strpos(search_text, lower("
-            ))
-            .push_bind(term)
-            .push(")) > 0");
-            if !skills.is_empty() {
-                sql.push(" OR skills_lower && ").push_bind(skills);
-            }
-            sql.push(format!(") LIMIT {PAGE}"));
-        }
-        let rows: Vec<WarriorRow> = if indexed {
-            sql.build_query_as().fetch_all(&self.search_pool).await?
-        } else {
-            // No index can serve a term without a trigram: the search
-            // pool forbids sequential scans, which would leave it walking
-            // the newest-first index, several times slower than a plain
-            // scan when matches are rare (a timeout, found by Schemathesis
-            // with a lone control character).
+            // The search pool forbids sequential scans, which would leave the
+            // name scan walking the newest-first index, several times slower
+            // than a plain scan when matches are rare.
             let mut tx = self.search_pool.begin().await?;
             sqlx::query("SET LOCAL enable_seqscan = on").execute(&mut *tx).await?;
-            let rows = sql.build_query_as().fetch_all(&mut *tx).await?;
+            let rows = names.fetch_all(&mut *tx).await?;
             tx.commit().await?;
             rows
         };
+        if !skills.is_empty() {
+            rows.extend(self.holding_skills(skills).await?);
+        }
         // A warrior matching by name and by skill comes back twice.
         let mut seen = HashSet::with_capacity(rows.len());
         Ok(rows
@@ -225,6 +205,35 @@ impl ReadModel {
             .take(PAGE as usize)
             .map(Warrior::from)
             .collect())
+    }
+
+    /// Live warriors holding any of `skills`, at most [`PAGE`]. How to find
+    /// them depends on how common the skills are, which no plan knows: a
+    /// skill most warriors have is found at once among the newest rows,
+    /// where the array index would first collect every holder (100 ms for
+    /// "a" in 560k rows); a rare one is found through the index, where
+    /// walking the rows would read them all (850 ms, a timeout, for a few
+    /// dozen rare skills). So the newest [`RECENT_SKILL_ROWS`] rows first,
+    /// and the index only if they did not hold enough.
+    async fn holding_skills(&self, skills: Vec<String>) -> Result<Vec<WarriorRow>, sqlx::Error> {
+        let recent = format!(
+            "SELECT {WARRIOR_COLUMNS} FROM (SELECT {WARRIOR_COLUMNS}, skills_lower FROM warriors
+                WHERE NOT deleted ORDER BY created_at DESC LIMIT {RECENT_SKILL_ROWS}) recent
+             WHERE skills_lower && $1 LIMIT {PAGE}"
+        );
+        let rows: Vec<WarriorRow> = sqlx::query_as(&recent)
+            .bind(&skills)
+            .fetch_all(&self.search_pool)
+            .await?;
+        if rows.len() == PAGE as usize {
+            return Ok(rows);
+        }
+        let indexed =
+            format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND skills_lower && $1 LIMIT {PAGE}");
+        sqlx::query_as(&indexed)
+            .bind(&skills)
+            .fetch_all(&self.search_pool)
+            .await
     }
 
     /// Indexes the names of up to `max` queued warriors (removing those of
@@ -450,6 +459,10 @@ WITH taken AS (
        WHERE warrior_names.search_text <> EXCLUDED.search_text
 ), removed AS (
     DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
+), alphabet AS (
+    INSERT INTO name_characters (ch)
+    SELECT DISTINCT c FROM current, string_to_table(search_text, NULL) AS c WHERE NOT deleted
+    ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM taken";
 
@@ -469,22 +482,67 @@ fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
     newest.into_values().collect()
 }
 
-/// The part of a search term worth looking up in the trigram index: its
-/// longest run of letters and digits, cut to [`INDEX_PIECE_CHARS`], or
-/// `None` if no run has three. pg_trgm makes trigrams of letters and digits
-/// only, so a piece like `"!!!!"` or `"a b"` selects no posting list (or
-/// only huge ones) and the index would be read whole: a one-second timeout
-/// Schemathesis found. Any piece of the term is a necessary condition, so
-/// the whole-term check that follows keeps the answer exact.
+/// The part of a search term worth looking up in the trigram index, or
+/// `None` if no part of it makes a trigram pg_trgm can look up. Any part of
+/// the term is a necessary condition; the whole-term check that follows
+/// keeps the answer exact.
+///
+/// pg_trgm makes trigrams of words (letters and digits) only, padding a word
+/// where a non-word character bounds it inside the pattern (`'%a b%'` has
+/// `"  b"` and `" b "`), never where a wildcard does. A pattern without any
+/// (`'%!!!!%'`, `'%ab%'`) reads the whole index: 0.7–1.4 s at 560k names, a
+/// timeout Schemathesis found. So, in order of selectivity: the longest run
+/// of three or more letters and digits (cut to [`INDEX_PIECE_CHARS`]); else a
+/// shorter word with the padding character(s) around it. Only ASCII counts
+/// as a word or a padding character here: whether PostgreSQL's locale takes
+/// a non-ASCII letter for a word character is not ours to guess, and a wrong
+/// guess would mean a pattern without trigrams.
 fn index_piece(term: &str) -> Option<&str> {
-    let run = term
-        .split(|c: char| !c.is_alphanumeric())
-        .max_by_key(|run| run.chars().count())
-        .filter(|run| run.chars().count() >= 3)?;
-    Some(
-        run.char_indices()
-            .nth(INDEX_PIECE_CHARS)
-            .map_or(run, |(end, _)| &run[..end]),
+    let bytes = term.as_bytes();
+    let pads = |at: usize| {
+        bytes
+            .get(at)
+            .is_some_and(|&b| (b == b' ' || b.is_ascii_punctuation()) && !matches!(b, b'%' | b'_' | b'\\'))
+    };
+    // Byte ranges of ASCII words. ASCII bytes are always char boundaries,
+    // so every slice below is valid UTF-8.
+    let mut words = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        while at < bytes.len() && bytes[at].is_ascii_alphanumeric() {
+            at += 1;
+        }
+        if at > start {
+            words.push((start, at));
+        } else {
+            at += 1;
+        }
+    }
+    if let Some(&(start, end)) = words.iter().filter(|(s, e)| e - s >= 3).max_by_key(|(s, e)| e - s) {
+        return Some(&term[start..end.min(start + INDEX_PIECE_CHARS)]);
+    }
+    words.iter().find_map(|&(start, end)| {
+        let left = start > 0 && pads(start - 1);
+        let right = pads(end);
+        (left || (right && end - start >= 2)).then(|| &term[start - usize::from(left)..end + usize::from(right)])
+    })
+}
+
+/// Live warriors whose name contains `$2`, at most [`PAGE`]: through the
+/// trigram index with `$1` an escaped [`index_piece`] of it, else (`$1` the
+/// term again) by a scan, which is skipped (a one-time filter) when the
+/// term holds a character no name has.
+fn name_query(indexed: bool) -> String {
+    let candidates = if indexed {
+        "warrior_names n JOIN warriors w USING (id) WHERE n.search_text LIKE '%' || lower($1) || '%'"
+    } else {
+        "warriors w WHERE NOT EXISTS (SELECT FROM string_to_table(lower($1), NULL) AS c
+                                      WHERE NOT EXISTS (SELECT FROM name_characters WHERE ch = c))"
+    };
+    format!(
+        "SELECT {WARRIOR_COLUMNS} FROM {candidates}
+           AND strpos(w.search_text, lower($2)) > 0 AND NOT w.deleted LIMIT {PAGE}"
     )
 }
 
@@ -538,9 +596,23 @@ mod tests {
         assert_eq!(index_piece("al Jeet Kun"), Some("Jeet"));
         assert_eq!(index_piece("Miyamoto Musashi"), Some("Miyamoto"));
         assert_eq!(index_piece("Takamatsuden"), Some("Takamats"));
-        assert_eq!(index_piece("Émilienne"), Some("Émilienn"));
+        assert_eq!(index_piece("Émilienne"), Some("milienne"));
         assert_eq!(index_piece("x 42a"), Some("42a"));
-        for term in ["!!!!", "a b c d", "ab", "  ", "é-é"] {
+    }
+
+    #[test]
+    fn short_words_are_looked_up_with_the_characters_that_pad_them() {
+        assert_eq!(index_piece("a b c"), Some(" b "));
+        assert_eq!(index_piece("qz b"), Some("qz "));
+        assert_eq!(index_piece(" a"), Some(" a"));
+        assert_eq!(index_piece("a-b"), Some("-b"));
+        assert_eq!(index_piece("é b"), Some(" b"));
+    }
+
+    #[test]
+    fn terms_without_a_trigram_have_no_index_piece() {
+        // A wildcard does not pad; neither does a non-ASCII character.
+        for term in ["!!!!", "ab", "a", "  ", "é-é", "a%b", "a_b", "éb", "û", "\u{83}", "ab%"] {
             assert_eq!(index_piece(term), None, "{term:?}");
         }
     }

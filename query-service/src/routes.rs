@@ -3,14 +3,12 @@
 //! Each handler's `#[utoipa::path]` is its entry in the OpenAPI document;
 //! the router is built from the same attributes (see `crate::router`).
 
-use std::time::Duration;
-
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_kit::extract::{Path, Query};
-use http_kit::{Health, Problem, Readiness};
+use http_kit::{health, Health, Problem, Readiness};
 use serde::{Deserialize, Serialize};
 use shared_kernel::Warrior;
 use utoipa::{IntoParams, ToSchema};
@@ -209,7 +207,7 @@ pub async fn count_v1(state: State<AppState>) -> Result<Json<Count>, ApiError> {
     responses((status = 200, description = "The process is alive.", body = Health)),
 )]
 pub async fn health() -> Json<Health> {
-    Json(Health::OK)
+    health::alive().await
 }
 
 /// Query side alive (original API).
@@ -221,7 +219,7 @@ pub async fn health() -> Json<Health> {
     responses((status = 200, description = "The query side is alive.", body = Health)),
 )]
 pub async fn health_v1() -> Json<Health> {
-    health().await
+    health::alive().await
 }
 
 /// Query side ready.
@@ -235,20 +233,12 @@ pub async fn health_v1() -> Json<Health> {
         (status = 503, description = "The read model or Kafka is unreachable.", body = Readiness),
     ),
 )]
-pub async fn ready(State(app): State<AppState>) -> Response {
-    let database = tokio::time::timeout(
-        Duration::from_secs(1),
-        sqlx::query("SELECT 1").execute(app.read_model.pool()),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
-    let kafka = app.kafka_reachable().await;
-    let status = if database && kafka {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(Readiness { database, kafka })).into_response()
+pub async fn ready(State(app): State<AppState>) -> Readiness {
+    let (database, kafka) = tokio::join!(
+        health::database_answers(app.read_model.pool()),
+        messaging::topic_reachable(&app.kafka, &app.topic)
+    );
+    Readiness { database, kafka }
 }
 
 fn with_etag(warrior: &Warrior) -> Response {

@@ -5,7 +5,7 @@
 mod body;
 mod drain;
 pub mod extract;
-mod health;
+pub mod health;
 mod metrics;
 mod openapi;
 mod problem;

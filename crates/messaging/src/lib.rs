@@ -1,6 +1,9 @@
 //! Kafka plumbing shared by the relay (producer) and the projector (consumer):
 //! client settings chosen once, and the envelope's encoding on the wire.
 
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::ClientConfig;
 use shared_kernel::EventEnvelope;
 use thiserror::Error;
@@ -84,6 +87,21 @@ pub fn encode(envelope: &EventEnvelope) -> Vec<u8> {
 pub fn decode(payload: Option<&[u8]>) -> Result<EventEnvelope, DecodeError> {
     let bytes = payload.ok_or(DecodeError::Empty)?;
     Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Whether the brokers answer a metadata request for `topic` within a
+/// second: the Kafka half of both services' readiness. librdkafka's call
+/// blocks, so it runs on tokio's blocking pool.
+pub async fn topic_reachable(producer: &FutureProducer, topic: &str) -> bool {
+    let (producer, topic) = (producer.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(1))
+            .is_ok()
+    })
+    .await
+    .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -67,6 +67,61 @@ async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
     }
 }
 
+/// `GET /warrior?t=term` through the gateway, the term URL-encoded.
+async fn search(stack: &Stack, term: &str) -> reqwest::Response {
+    stack
+        .http
+        .get(stack.at("/warrior"))
+        .query(&[("t", term)])
+        .send()
+        .await
+        .expect("reachable")
+}
+
+#[tokio::test]
+async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
+    let stack = Stack::from_env();
+    // Three two-letter words, unique to this run: no three letters in a row.
+    let letters: String = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .bytes()
+        .take(6)
+        .map(|b| char::from(b'a' + (b as char).to_digit(16).unwrap_or(0) as u8))
+        .collect();
+    let term = format!("{} {}-{}", &letters[..2], &letters[2..4], &letters[4..]);
+    let body = json!({"name": format!("Zed {term} ø"), "dob": "1990-01-01", "fight_skills": ["Judo"]});
+    let created = stack.create(&body).await;
+    for term in [term.clone(), term.to_uppercase()] {
+        let found: Vec<Value> = poll_until(Duration::from_secs(5), "search to find the warrior", || async {
+            let hits: Vec<Value> = search(&stack, &term).await.json().await.ok()?;
+            (!hits.is_empty()).then_some(hits)
+        })
+        .await;
+        assert_eq!(found, vec![created.clone()], "term {term:?}");
+    }
+}
+
+#[tokio::test]
+async fn search_answers_any_term_with_matches_only() {
+    let stack = Stack::from_env();
+    for term in ["!!!!", "ø", "\u{83}", "a b", "ab", "x-", "%", "_a_", "û", "🍕", "judo"] {
+        let response = search(&stack, term).await;
+        assert_eq!(response.status(), 200, "term {term:?}");
+        let hits: Vec<Value> = response.json().await.expect("JSON");
+        assert!(hits.len() <= 50, "term {term:?}: {} rows", hits.len());
+        let needle = term.to_lowercase();
+        for hit in &hits {
+            let name = hit["name"].as_str().unwrap_or_default().to_lowercase();
+            let skills = hit["fight_skills"].as_array().cloned().unwrap_or_default();
+            let by_skill = skills
+                .iter()
+                .any(|s| s.as_str().unwrap_or_default().to_lowercase().contains(&needle));
+            assert!(name.contains(&needle) || by_skill, "term {term:?} matched {hit}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn search_without_a_term_is_a_bad_request() {
     let stack = Stack::from_env();

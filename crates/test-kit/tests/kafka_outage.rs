@@ -1,19 +1,49 @@
-//! Kafka down under writes: no write fails, and once Kafka is back every
-//! event reaches the topic, in per-warrior order.
+//! Kafka down under writes: no write fails, both services say they are not
+//! ready (and why), and once Kafka is back every event reaches the topic, in
+//! per-warrior order.
 //!
 //! Its own test binary: stopping Kafka must not disturb other tests.
 
 use std::time::Duration;
 
-use test_kit::{assert_complete_and_ordered, read_versions_from_topic, write_steadily, Stack};
+use serde_json::{json, Value};
+use test_kit::{assert_complete_and_ordered, poll_until, read_versions_from_topic, write_steadily, Stack};
+
+/// Status and body of `GET /ready` on the command and the query service.
+async fn readiness(stack: &Stack) -> Vec<(u16, Value)> {
+    let mut answers = Vec::new();
+    for base in [&stack.command, &stack.query] {
+        let response = stack.http.get(format!("{base}/ready")).send().await.expect("reachable");
+        let status = response.status().as_u16();
+        answers.push((status, response.json().await.expect("JSON")));
+    }
+    answers
+}
 
 #[tokio::test]
 async fn writes_succeed_while_kafka_is_down_and_are_published_in_order_after() {
     let stack = Stack::from_env();
     stack.dev(&["stop", "kafka"]);
+    let not_ready = (503, json!({"database": true, "kafka": false}));
+    assert_eq!(readiness(&stack).await, vec![not_ready.clone(), not_ready]);
+    for base in [&stack.command, &stack.query] {
+        let health = stack
+            .http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .expect("reachable");
+        assert_eq!(health.status(), 200, "{base} must stay alive without Kafka");
+    }
     let written = write_steadily(&stack, &stack.command, 8, Duration::from_secs(10)).await;
     stack.dev(&["start", "kafka"]);
     assert!(!written.is_empty());
+    let ready = (200, json!({"database": true, "kafka": true}));
+    poll_until(Duration::from_secs(60), "both services ready again", || async {
+        let answers = readiness(&stack).await;
+        (answers == vec![ready.clone(), ready.clone()]).then_some(())
+    })
+    .await;
 
     let seen = read_versions_from_topic(
         &stack.kafka_brokers,
