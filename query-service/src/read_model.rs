@@ -448,7 +448,7 @@ UPDATE warrior_count SET live = warrior_count.live + delta.live FROM delta WHERE
 const INDEX_NAMES: &str = "
 WITH taken AS (
     DELETE FROM search_queue
-    WHERE id IN (SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+    WHERE id = ANY (ARRAY(SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING id
 ), current AS (
     SELECT w.id, w.search_text, w.deleted FROM warriors w JOIN taken USING (id)

@@ -123,17 +123,23 @@ async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>) -> sqlx::Result<(
         .execute(&mut **swap)
         .await?;
     // Names of warriors gone from the rebuilt rows leave the search index
-    // now; every other name is re-indexed by the indexer (unchanged names
-    // cost a comparison), so search is never held up by the swap's lock.
+    // now; names the rebuilt rows spell differently are queued for the
+    // indexer, so search is never held up by the swap's lock. (Queueing
+    // every row instead kept the indexer busy for minutes after a rebuild.)
     sqlx::query(
         "DELETE FROM public.warrior_names n
          WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
     )
     .execute(&mut **swap)
     .await?;
-    sqlx::query("INSERT INTO public.search_queue SELECT id FROM public.warriors ON CONFLICT DO NOTHING")
-        .execute(&mut **swap)
-        .await?;
+    sqlx::query(
+        "INSERT INTO public.search_queue
+         SELECT w.id FROM public.warriors w LEFT JOIN public.warrior_names n USING (id)
+         WHERE NOT w.deleted AND n.search_text IS DISTINCT FROM w.search_text
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(&mut **swap)
+    .await?;
     Ok(())
 }
 
