@@ -25,6 +25,11 @@ REPORT = ROOT / "docs" / "BENCHMARKS.md"
 def stack_env():
     """The variables `./dev env` prints, after making sure the stack runs."""
     subprocess.run([str(ROOT / "dev"), "up"], check=True, stdout=subprocess.DEVNULL)
+    return dev_env()
+
+
+def dev_env():
+    """The variables `./dev env` prints (URLs and credentials of the stack)."""
     out = subprocess.run([str(ROOT / "dev"), "env"], check=True, capture_output=True, text=True).stdout
     env = {}
     for line in out.splitlines():
@@ -60,9 +65,9 @@ end
 """.replace("PREFIX", name_prefix) + extra
 
 
-def dev(*args):
-    """Runs ./dev with arguments, quietly."""
-    subprocess.run([str(ROOT / "dev"), *args], check=True, stdout=subprocess.DEVNULL)
+def dev(*args, quiet=True):
+    """Runs ./dev with arguments (its output hidden unless `quiet` is off)."""
+    subprocess.run([str(ROOT / "dev"), *args], check=True, stdout=subprocess.DEVNULL if quiet else None)
 
 
 def ensure_wrk():

@@ -37,8 +37,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import dev, dev_env
+
 ROOT = Path(__file__).resolve().parent.parent
-DEV = str(ROOT / "dev")
 
 
 @dataclass
@@ -81,19 +82,6 @@ FAULTS = [
           replicas=2, writes_never_fail=True, reads_never_fail=True),
 ]
 QUICK = ["kill-command", "kafka", "eventstore-db", "rolling-restart"]
-
-
-def dev(*args, quiet=True):
-    subprocess.run([DEV, *args], check=True, stdout=subprocess.DEVNULL if quiet else None)
-
-
-def dev_env():
-    out = subprocess.run([DEV, "env"], check=True, capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value.strip("'\"")
-    return env
 
 
 def psql(url, sql, stdin=None):
@@ -198,21 +186,26 @@ class Load:
             conn.close()
         return response.status, data
 
+    def write(self, conn, method, path, body, ok_status):
+        """Sends one write and records its outcome; returns the answer's JSON
+        when it was acknowledged with `ok_status`, else None."""
+        started = time.monotonic()
+        try:
+            status, data = self.request(conn, method, path, body)
+        except (OSError, http.client.HTTPException) as error:
+            self.outcome.write(False, started, type(error).__name__)
+            raise
+        ok = status == ok_status
+        self.outcome.write(ok, started, status)
+        return json.loads(data) if ok else None
+
     def create(self, conn, index, mine):
         with self.outcome.lock:
             self.counter += 1
             name = f"fs{self.run_id} {index} {self.counter}"
-        started = time.monotonic()
         body = {"name": name, "dob": "1990-01-02", "fight_skills": ["Judo"]}
-        try:
-            status, data = self.request(conn, "POST", "/warrior", body)
-        except (OSError, http.client.HTTPException) as error:
-            self.outcome.write(False, started, type(error).__name__)
-            raise
-        ok = status == 201
-        self.outcome.write(ok, started, status)
-        if ok:
-            warrior = json.loads(data)
+        warrior = self.write(conn, "POST", "/warrior", body, 201)
+        if warrior:
             with self.outcome.lock:
                 self.outcome.acked[warrior["id"]] = warrior["version"]
                 self.outcome.created_names.append(name)
@@ -222,20 +215,12 @@ class Load:
     def update(self, conn, rng, mine):
         slot = rng.randrange(len(mine))
         warrior_id, _ = mine[slot]
-        started = time.monotonic()
         body = {"name": f"fs{self.run_id} updated {rng.random():.6f}", "dob": "1991-02-03", "fight_skills": ["Kendo"]}
-        try:
-            status, data = self.request(conn, "PUT", f"/warrior/{warrior_id}", body)
-        except (OSError, http.client.HTTPException) as error:
-            self.outcome.write(False, started, type(error).__name__)
-            raise
-        ok = status == 200
-        self.outcome.write(ok, started, status)
-        if ok:
-            version = json.loads(data)["version"]
+        warrior = self.write(conn, "PUT", f"/warrior/{warrior_id}", body, 200)
+        if warrior:
             with self.outcome.lock:
-                self.outcome.acked[warrior_id] = max(version, self.outcome.acked.get(warrior_id, 0))
-            mine[slot] = (warrior_id, version)
+                self.outcome.acked[warrior_id] = max(warrior["version"], self.outcome.acked.get(warrior_id, 0))
+            mine[slot] = (warrior_id, warrior["version"])
 
     def read(self, conn, rng, mine):
         warrior_id, _ = mine[rng.randrange(len(mine))]

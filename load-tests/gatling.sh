@@ -6,19 +6,9 @@
 # 201s received, or Maven/Gatling failed. The console log goes to results/.
 set -uo pipefail
 
-profile=${1:-full}
-case $profile in full | short) ;; *) echo "usage: $0 [full|short]" >&2; exit 2 ;; esac
 here=$(cd "$(dirname "$0")" && pwd)
-export GATEWAY_URL=${GATEWAY_URL:-http://127.0.0.1:9999}
-
-resources=$here/gatling/src/test/resources
-if [[ ! -f $resources/warriors.csv || ! -f $resources/terms.csv ]]; then
-  python3 "$here/feeders/generate.py" || exit 1
-fi
-curl -fsS -o /dev/null "$GATEWAY_URL/health" ||
-  { echo "no gateway at $GATEWAY_URL: start the stack with ./dev up" >&2; exit 1; }
-
-mkdir -p "$here/results"
+source "$here/common.sh"
+prepare_load_test "$@"
 log=$here/results/gatling-$profile-$(date +%Y%m%d-%H%M%S).log
 started=$SECONDS
 (cd "$here/gatling" && mvn -B -q gatling:test -Dprofile="$profile") 2>&1 | tee "$log"

@@ -7,10 +7,8 @@
 # does not match the 201s received. The console log goes to results/.
 set -uo pipefail
 
-profile=${1:-full}
-case $profile in full | short) ;; *) echo "usage: $0 [full|short]" >&2; exit 2 ;; esac
 here=$(cd "$(dirname "$0")/.." && pwd) # load-tests/
-export GATEWAY_URL=${GATEWAY_URL:-http://127.0.0.1:9999}
+source "$here/common.sh"
 
 if ! command -v k6 >/dev/null 2>&1; then
   cat >&2 <<'EOF'
@@ -23,14 +21,7 @@ EOF
   exit 2
 fi
 
-resources=$here/gatling/src/test/resources
-if [[ ! -f $resources/warriors.csv || ! -f $resources/terms.csv ]]; then
-  python3 "$here/feeders/generate.py" || exit 1
-fi
-curl -fsS -o /dev/null "$GATEWAY_URL/health" ||
-  { echo "no gateway at $GATEWAY_URL: start the stack with ./dev up" >&2; exit 1; }
-
-mkdir -p "$here/results"
+prepare_load_test "$@"
 stem=$here/results/k6-$profile-$(date +%Y%m%d-%H%M%S)
 log=$stem.log
 started=$SECONDS
