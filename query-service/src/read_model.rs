@@ -461,7 +461,8 @@ WITH taken AS (
     DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
 ), alphabet AS (
     INSERT INTO name_characters (ch)
-    SELECT DISTINCT c FROM current, string_to_table(search_text, NULL) AS c WHERE NOT deleted
+    SELECT DISTINCT c FROM current, string_to_table(search_text, NULL) AS c
+    WHERE NOT deleted AND search_text ~ '[^a-z ]'
     ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM taken";
