@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import benchlib
+from benchlib import psql
 
 TRIVIAL_PORT = 8099
 TRIVIAL_GATEWAY_PORT = 9998
@@ -59,10 +60,6 @@ request = function()
   return wrk.format("GET", "/warrior/" .. ids[math.random(#ids)])
 end
 """
-
-
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-XAtc", sql], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def start_trivial_gateway(tmp):

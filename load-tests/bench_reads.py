@@ -22,6 +22,7 @@ import urllib.request
 import uuid
 
 import benchlib
+from benchlib import psql
 
 CREATE = benchlib.random_create_lua()
 
@@ -62,10 +63,6 @@ def count(gateway):
         return json.load(response)["count"]
 
 
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-Atc", sql], check=True, capture_output=True, text=True).stdout.split("\n")
-
-
 def load_up_to(env, target):
     while (have := count(env["GATEWAY_URL"])) < target:
         print(f"loading: {have} of {target} warriors", flush=True)
@@ -99,7 +96,7 @@ def projected_lag(env, marker, expected, seconds=60):
         f"FROM (SELECT extract(epoch FROM projected_at - updated_at) * 1000 AS ms FROM warriors WHERE name LIKE '{marker} %') t"
     )
     while True:
-        found = psql(env["READ_MODEL_URL"], sql)[0].split("|")
+        found = psql(env["READ_MODEL_URL"], sql).split("|")
         if int(found[0]) >= expected or time.monotonic() > deadline:
             return float(found[1] or "nan"), float(found[2] or "nan")
         time.sleep(0.5)
@@ -129,7 +126,7 @@ def main():
     env = benchlib.stack_env()
     load_up_to(env, args.warriors)
     wait_caught_up(env)
-    ids = [i for i in psql(env["READ_MODEL_URL"], "SELECT id FROM warriors WHERE NOT deleted ORDER BY random() LIMIT 20000") if i]
+    ids = psql(env["READ_MODEL_URL"], "SELECT id FROM warriors WHERE NOT deleted ORDER BY random() LIMIT 20000").splitlines()
     with tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False) as id_file:
         id_file.write("\n".join(ids))
 

@@ -65,6 +65,13 @@ end
 """.replace("PREFIX", name_prefix) + extra
 
 
+def psql(url, sql):
+    """Runs one SQL text with psql (no .psqlrc, unaligned, tuples only, stop
+    on the first error); returns its output, stripped."""
+    return subprocess.run(["psql", url, "-X", "-v", "ON_ERROR_STOP=1", "-Atc", sql], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def dev(*args, quiet=True):
     """Runs ./dev with arguments (its output hidden unless `quiet` is off)."""
     subprocess.run([str(ROOT / "dev"), *args], check=True, stdout=subprocess.DEVNULL if quiet else None)

@@ -44,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "gatling"))
 
 import benchlib  # noqa: E402
+from benchlib import psql  # noqa: E402
 import summary  # noqa: E402  (gatling/summary.py)
 
 ROOT = benchlib.ROOT
@@ -495,10 +496,6 @@ def plot(series, out, title, ticks=None, parts=()):
 # ---------------------------------------------------------------------------
 # The read model
 # ---------------------------------------------------------------------------
-def psql(url, sql):
-    return subprocess.run(["psql", url, "-XAtc", sql], check=True, capture_output=True, text=True).stdout.strip()
-
-
 def projection_lag(url, since, settle=30):
     """Percentiles of projected_at − updated_at (ms) over the rows written
     since `since` (a timestamptz literal), once their count and latest

@@ -37,7 +37,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchlib import dev, dev_env
+from benchlib import dev, dev_env, psql
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,12 +82,6 @@ FAULTS = [
           replicas=2, writes_never_fail=True, reads_never_fail=True),
 ]
 QUICK = ["kill-command", "kafka", "eventstore-db", "rolling-restart"]
-
-
-def psql(url, sql, stdin=None):
-    out = subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-Atc", sql], input=stdin, check=True,
-                         capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 @dataclass
