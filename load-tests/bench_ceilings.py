@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+import bench_reads
 import benchlib
 from benchlib import psql
 
@@ -51,15 +52,6 @@ http {{
 """
 
 GET_ROOT = 'request = function() return wrk.format("GET", "/") end\n'
-
-LOOKUP = """
-local ids = {}
-for line in io.lines("%s") do ids[#ids + 1] = line end
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/warrior/" .. ids[math.random(#ids)])
-end
-"""
 
 
 def start_trivial_gateway(tmp):
@@ -122,7 +114,7 @@ def main():
                 created["lag_p99"] = creates_lag(env, marker, expected)
                 results["creates"].append(created)
                 results["lookups"].append(benchlib.wrk(gateway + "/", args.connections, args.seconds,
-                                                       LOOKUP % id_file))
+                                                       bench_reads.LOOKUP % id_file))
         finally:
             for process in (nginx, handler):
                 process.terminate()
