@@ -823,7 +823,7 @@ def safe_stats(report):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("profile", nargs="?", choices=["full", "short"], help="Gatling profile (default full)")
+    parser.add_argument("profile", nargs="?", choices=["full", "short", "peak"], help="Gatling profile (default full)")
     parser.add_argument("--output", type=Path, default=benchlib.REPORT, help="markdown file to append to (default docs/BENCHMARKS.md)")
     parser.add_argument("--png-dir", type=Path, default=ROOT / "docs" / "benchmarks", help="where the plot goes (default docs/benchmarks)")
     parser.add_argument("--dry-run", metavar="REPORT_DIR", type=Path, help="no ./dev up, no Gatling: use this existing report dir")

@@ -3,7 +3,7 @@
 # load-tests/gatling.sh <profile> while sampling the memory and CPU of every
 # part, measures the projection lag, and appends a dated section with a plot
 # of the latencies over time to docs/BENCHMARKS.md (see benchmark.py).
-#   load-tests/benchmark.sh [full|short]          full: ~12 min, short: ~2 min
+#   load-tests/benchmark.sh [full|short|peak]     full: ~12 min, short and peak: ~2 min
 #   load-tests/benchmark.sh --dry-run REPORT_DIR --output /tmp/b.md --png-dir /tmp
 # Exits non-zero when the Gatling run failed; the section is appended anyway.
 #
@@ -21,8 +21,8 @@ REQUIREMENTS="$here/requirements-plot.txt"
 say() { printf 'benchmark: %s\n' "$*" >&2; }
 
 case ${1:-full} in
-  full | short | -*) ;;   # benchmark.py checks the rest
-  *) echo "usage: $0 [full|short] | --dry-run REPORT_DIR [--output FILE] [--png-dir DIR] (see --help)" >&2; exit 2 ;;
+  full | short | peak | -*) ;;   # benchmark.py checks the rest
+  *) echo "usage: $0 [full|short|peak] | --dry-run REPORT_DIR [--output FILE] [--png-dir DIR] (see --help)" >&2; exit 2 ;;
 esac
 
 # The venv, created or re-created when the requirements (or python3) changed.

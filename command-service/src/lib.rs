@@ -14,7 +14,7 @@ use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
@@ -83,8 +83,13 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let pool = PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
-        .connect_lazy(&config.database_url)
-        .context("invalid DATABASE_URL")?;
+        .connect_lazy_with(
+            config
+                .database_url
+                .parse::<PgConnectOptions>()
+                .context("invalid DATABASE_URL")?
+                .application_name("command-service"),
+        );
     event_store::MIGRATOR
         .run(&pool)
         .await

@@ -36,12 +36,16 @@ pub struct Relay {
 impl Relay {
     /// Runs until `shutdown` turns true, then flushes the producer.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut listener = self.listen().await;
+        let forwarder = tokio::spawn(forward_notifications(
+            self.store.clone(),
+            Arc::clone(&self.committed),
+            shutdown.clone(),
+        ));
         while !*shutdown.borrow() {
             match self.store.try_lease_outbox().await {
                 Ok(Some(lease)) => {
                     tracing::info!("outbox lease acquired: this instance relays");
-                    if let Err(error) = self.relay(lease, &mut listener, &mut shutdown).await {
+                    if let Err(error) = self.relay(lease, &mut shutdown).await {
                         tracing::warn!(%error, "relay lost its lease or its database; retrying");
                     }
                 }
@@ -53,44 +57,38 @@ impl Relay {
                 () = tokio::time::sleep(BACKOFF) => {}
             }
         }
+        forwarder.abort();
         if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "producer flush on shutdown failed");
         }
     }
 
-    /// LISTEN for commits of other instances; without it the relay still
-    /// works, woken by its own writer and the idle poll.
-    async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(self.store.pool()).await.ok()?;
-        listener.listen("outbox").await.ok()?;
-        Some(listener)
-    }
-
-    async fn relay(
-        &self,
-        mut lease: OutboxLease,
-        listener: &mut Option<PgListener>,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), EventStoreError> {
+    /// Publishes what the outbox holds, then sleeps until a commit wakes it.
+    /// Wake-ups coalesce (one stored permit), so the commits that arrive
+    /// while a batch is being published cost one more read of the outbox,
+    /// not one each: under a stream of single-row commits the relay read an
+    /// empty outbox twice per event.
+    async fn relay(&self, mut lease: OutboxLease, shutdown: &mut watch::Receiver<bool>) -> Result<(), EventStoreError> {
         while !*shutdown.borrow() {
             let batch = lease.next_batch(self.batch).await?;
-            if batch.is_empty() {
+            if !batch.is_empty() {
+                let (delivered, failure) = self.publish(&batch).await;
+                metrics::counter!("relay_published_total").increment(delivered.len() as u64);
+                if !delivered.is_empty() {
+                    lease.acknowledge(&delivered).await?;
+                }
+                if let Some(error) = failure {
+                    tracing::warn!(%error, pending = batch.len() - delivered.len(), "publishing to Kafka failed; will retry");
+                    tokio::time::sleep(BACKOFF).await;
+                    continue;
+                }
+            }
+            if (batch.len() as i64) < self.batch {
                 tokio::select! {
                     () = self.committed.notified() => {}
-                    _ = recv_notification(listener) => {}
                     () = tokio::time::sleep(IDLE_POLL) => {}
                     _ = shutdown.changed() => {}
                 }
-                continue;
-            }
-            let (delivered, failure) = self.publish(&batch).await;
-            metrics::counter!("relay_published_total").increment(delivered.len() as u64);
-            if !delivered.is_empty() {
-                lease.acknowledge(&delivered).await?;
-            }
-            if let Some(error) = failure {
-                tracing::warn!(%error, pending = batch.len() - delivered.len(), "publishing to Kafka failed; will retry");
-                tokio::time::sleep(BACKOFF).await;
             }
         }
         lease.release().await;
@@ -164,17 +162,40 @@ pub async fn report_lag(store: EventStore, mut shutdown: watch::Receiver<bool>) 
     }
 }
 
-async fn recv_notification(listener: &mut Option<PgListener>) {
-    match listener {
-        Some(l) => {
-            if l.recv().await.is_err() {
-                // Connection trouble: PgListener reconnects on the next call;
-                // avoid spinning meanwhile.
-                tokio::time::sleep(BACKOFF).await;
-            }
+/// Turns the event store's `outbox` notifications (commits of any instance)
+/// into wake-ups of the relay. Notifications missed while the listening
+/// connection is down are covered by the relay's idle poll.
+async fn forward_notifications(store: EventStore, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let mut listener = loop {
+        match listen(&store).await {
+            Ok(listener) => break listener,
+            Err(error) => tracing::warn!(%error, "cannot LISTEN for commits; relying on the idle poll meanwhile"),
         }
-        None => std::future::pending().await,
+        tokio::select! {
+            () = tokio::time::sleep(BACKOFF) => {}
+            _ = shutdown.changed() => return,
+        }
+    };
+    loop {
+        tokio::select! {
+            received = listener.recv() => match received {
+                Ok(_) => wake.notify_one(),
+                Err(error) => {
+                    // PgListener reconnects on the next call; avoid spinning meanwhile.
+                    tracing::debug!(%error, "LISTEN connection lost");
+                    tokio::time::sleep(BACKOFF).await;
+                    wake.notify_one();
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
     }
+}
+
+async fn listen(store: &EventStore) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(store.pool()).await?;
+    listener.listen("outbox").await?;
+    Ok(listener)
 }
 
 /// The wire form of a stored event.

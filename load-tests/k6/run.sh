@@ -21,6 +21,10 @@ EOF
   exit 2
 fi
 
+if [[ ${1:-} == peak ]]; then
+  echo "the peak profile exists only in Gatling: load-tests/gatling.sh peak" >&2
+  exit 2
+fi
 prepare_load_test "$@"
 stem=$here/results/k6-$profile-$(date +%Y%m%d-%H%M%S)
 log=$stem.log

@@ -179,12 +179,18 @@ pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Route
     http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }
 
-fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+/// A pool whose connections say who they serve (`application_name` in
+/// `pg_stat_activity`, and per-part CPU in `load-tests/pg_cpu.py`).
+fn pool(config: &Config, url: &str, name: &str) -> anyhow::Result<PgPool> {
+    Ok(PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
-        .connect_lazy(url)
-        .context("invalid database URL")
+        .connect_lazy_with(connect_options(url, name)?))
+}
+
+fn connect_options(url: &str, name: &str) -> anyhow::Result<PgConnectOptions> {
+    let options: PgConnectOptions = url.parse().context("invalid database URL")?;
+    Ok(options.application_name(name))
 }
 
 /// `query-service rebuild`: see [`rebuild`].
@@ -192,7 +198,7 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
     let live_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
     let live = PgPool::connect_with(live_options.clone()).await?;
     MIGRATOR.run(&live).await.context("cannot migrate the read model")?;
-    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+    let event_store = EventStore::new(pool(&config, &config.event_store_url, "query-service rebuild")?);
     let report = rebuild::rebuild(&live, live_options, &event_store, &config.kafka_topic).await?;
     println!(
         "rebuilt from {} events ({} re-applied at the swap); {} live warriors",
@@ -204,8 +210,8 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
 /// `query-service verify`: compares until clean or `wait` has passed; prints
 /// the last comparison and returns whether it was clean.
 pub async fn run_verify(config: Config, wait: Duration) -> anyhow::Result<bool> {
-    let read_model = ReadModel::new(pool(&config, &config.database_url)?);
-    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+    let read_model = ReadModel::new(pool(&config, &config.database_url, "query-service verify")?);
+    let event_store = EventStore::new(pool(&config, &config.event_store_url, "query-service verify")?);
     let deadline = Instant::now() + wait;
     loop {
         let drift = verify::verify(&event_store, &read_model).await?;
@@ -220,12 +226,12 @@ pub async fn run_verify(config: Config, wait: Duration) -> anyhow::Result<bool> 
 /// Connects, migrates, starts the projector, and serves until a shutdown
 /// signal; then drains requests and stops the projector between batches.
 pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
-    let read_pool = pool(&config, &config.database_url)?;
+    let read_pool = pool(&config, &config.database_url, "query-service")?;
     MIGRATOR
         .run(&read_pool)
         .await
         .context("cannot migrate the read model")?;
-    let search_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
+    let search_options = connect_options(&config.database_url, "query-service search")?;
     let search_pool = PgPoolOptions::new()
         .max_connections(config.search_max_connections)
         .acquire_timeout(Duration::from_millis(config.search_queue_timeout_ms))
@@ -249,9 +255,8 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let projector_pool = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(config.database_timeout())
-        .connect_lazy(&config.database_url)
-        .context("invalid DATABASE_URL")?;
-    let event_store = EventStore::new(pool(&config, &config.event_store_url)?);
+        .connect_lazy_with(connect_options(&config.database_url, "query-service projector")?);
+    let event_store = EventStore::new(pool(&config, &config.event_store_url, "query-service")?);
 
     let consumer: StreamConsumer<ProjectorContext> =
         messaging::consumer_config(&config.kafka_brokers, &config.kafka_group)
@@ -273,6 +278,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     };
     let indexer_task = tokio::spawn(search_indexer::run(
         ReadModel::new(projector_pool),
+        config.search_refresh(),
         applied.subscribe(),
         projector_stop_rx.clone(),
     ));

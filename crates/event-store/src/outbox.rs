@@ -28,6 +28,12 @@ impl EventStore {
             .fetch_one(&mut conn)
             .await?;
         if acquired {
+            // Tells the relay's session apart in pg_stat_activity.
+            sqlx::query(
+                "SELECT set_config('application_name', current_setting('application_name') || ' relay', false)",
+            )
+            .execute(&mut conn)
+            .await?;
             Ok(Some(OutboxLease { conn }))
         } else {
             // Closing explicitly keeps the pool's count honest.

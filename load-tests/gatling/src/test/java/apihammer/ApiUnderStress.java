@@ -3,6 +3,7 @@ package apihammer;
 import static io.gatling.javaapi.core.CoreDsl.*;
 import static io.gatling.javaapi.http.HttpDsl.*;
 
+import io.gatling.javaapi.core.PopulationBuilder;
 import io.gatling.javaapi.core.ScenarioBuilder;
 import io.gatling.javaapi.core.Session;
 import io.gatling.javaapi.core.Simulation;
@@ -21,8 +22,10 @@ import java.util.concurrent.atomic.AtomicLong;
  *
  * <p>Settings (system property, else environment variable): {@code gatewayUrl}/{@code
  * GATEWAY_URL} (default http://127.0.0.1:9999), {@code profile}/{@code PROFILE}: {@code full}
- * (default, ~11 min of injection) or {@code short} (same shape, every phase 15% as long and
- * ramps to 20% of the peak rates: under 2 min).
+ * (default, ~11 min of injection), {@code short} (same shape, every phase 15% as long and
+ * ramps to 20% of the peak rates: under 2 min) or {@code peak} (the full profile's busiest
+ * minute held: the rates it reaches as creation ends, after a 20 s ramp; for measuring a
+ * change where the full profile saturates the machine, in under 2 min).
  */
 public class ApiUnderStress extends Simulation {
 
@@ -30,6 +33,7 @@ public class ApiUnderStress extends Simulation {
       setting("gatewayUrl", "GATEWAY_URL", "http://127.0.0.1:9999");
   private static final String PROFILE = setting("profile", "PROFILE", "full");
   private static final boolean SHORT = PROFILE.equals("short");
+  private static final boolean PEAK = PROFILE.equals("peak");
   private static final double TIME_SCALE = SHORT ? 0.15 : 1;
   private static final double PEAK_SCALE = SHORT ? 0.2 : 1;
 
@@ -103,27 +107,51 @@ public class ApiUnderStress extends Simulation {
           });
 
   {
-    if (!SHORT && !PROFILE.equals("full")) {
-      throw new IllegalArgumentException("profile must be full or short, not " + PROFILE);
+    if (!SHORT && !PEAK && !PROFILE.equals("full")) {
+      throw new IllegalArgumentException("profile must be full, short or peak, not " + PROFILE);
     }
-    setUp(
-            readCountBefore
-                .injectOpen(atOnceUsers(1))
-                .andThen(
-                    creationAndLookup
-                        .injectOpen(
-                            constantUsersPerSec(2).during(seconds(10)),
-                            constantUsersPerSec(5).during(seconds(15)).randomized(),
-                            rampUsersPerSec(4).to(peak(1000)).during(seconds(300)))
-                        .andThen(countCheck.injectOpen(atOnceUsers(1))),
-                    validLookup.injectOpen(
-                        constantUsersPerSec(10).during(seconds(75)),
-                        rampUsersPerSec(8).to(peak(1000)).during(seconds(600))),
-                    invalidLookup.injectOpen(
-                        constantUsersPerSec(8).during(seconds(45)),
-                        rampUsersPerSec(6).to(peak(400)).during(seconds(300)))))
+    setUp(PEAK ? peakMinute() : profileShape())
         .protocols(httpProtocol)
         .assertions(global().failedRequests().count().is(0L));
+  }
+
+  /** The full (or, scaled, the short) profile: three ramps, as users run it. */
+  private PopulationBuilder profileShape() {
+    return readCountBefore
+        .injectOpen(atOnceUsers(1))
+        .andThen(
+            creationAndLookup
+                .injectOpen(
+                    constantUsersPerSec(2).during(seconds(10)),
+                    constantUsersPerSec(5).during(seconds(15)).randomized(),
+                    rampUsersPerSec(4).to(peak(1000)).during(seconds(300)))
+                .andThen(countCheck.injectOpen(atOnceUsers(1))),
+            validLookup.injectOpen(
+                constantUsersPerSec(10).during(seconds(75)),
+                rampUsersPerSec(8).to(peak(1000)).during(seconds(600))),
+            invalidLookup.injectOpen(
+                constantUsersPerSec(8).during(seconds(45)),
+                rampUsersPerSec(6).to(peak(400)).during(seconds(300))));
+  }
+
+  /**
+   * The full profile at its 325th second, when creation peaks: 1,000 creations and 400 searches
+   * without a term per second, and searches at the rate their longer ramp has reached by then.
+   */
+  private PopulationBuilder peakMinute() {
+    Duration ramp = Duration.ofSeconds(20);
+    Duration hold = Duration.ofSeconds(60);
+    double searches = 8 + (1000 - 8) * (325.0 - 75) / 600;
+    return readCountBefore
+        .injectOpen(atOnceUsers(1))
+        .andThen(
+            creationAndLookup
+                .injectOpen(rampUsersPerSec(4).to(1000).during(ramp), constantUsersPerSec(1000).during(hold))
+                .andThen(countCheck.injectOpen(atOnceUsers(1))),
+            validLookup.injectOpen(
+                rampUsersPerSec(10).to(searches).during(ramp), constantUsersPerSec(searches).during(hold)),
+            invalidLookup.injectOpen(
+                rampUsersPerSec(8).to(400).during(ramp), constantUsersPerSec(400).during(hold)));
   }
 
   /** A second reading once everything stopped, to tell projection lag from lost writes. */
