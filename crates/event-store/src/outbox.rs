@@ -13,10 +13,15 @@ use crate::{EventStore, EventStoreError, StoredEvent};
 /// Advisory lock key of the relay ("outbox" in ASCII).
 const RELAY_LOCK_KEY: i64 = 0x6f_75_74_62_6f_78;
 
+/// Rows the relay deletes between two vacuums of the outbox.
+const VACUUM_AFTER_ROWS: u64 = 2000;
+
 /// Held by the single active relay.
 #[derive(Debug)]
 pub struct OutboxLease {
     conn: PgConnection,
+    /// Rows deleted since the outbox was last vacuumed.
+    deleted: u64,
 }
 
 impl EventStore {
@@ -34,7 +39,7 @@ impl EventStore {
             )
             .execute(&mut conn)
             .await?;
-            Ok(Some(OutboxLease { conn }))
+            Ok(Some(OutboxLease { conn, deleted: 0 }))
         } else {
             // Closing explicitly keeps the pool's count honest.
             let _ = conn.close().await;
@@ -54,12 +59,22 @@ impl OutboxLease {
         Ok(sqlx::query_as(&sql).bind(limit).fetch_all(&mut self.conn).await?)
     }
 
-    /// Forgets events that Kafka has acknowledged.
+    /// Forgets events that Kafka has acknowledged, and vacuums the outbox
+    /// every [`VACUUM_AFTER_ROWS`] of them. [`Self::next_batch`] walks the
+    /// outbox's index from its oldest entry, over every deleted row not yet
+    /// vacuumed: autovacuum comes by once a minute at best, and at 3,500
+    /// events/s each read of an outbox holding a few dozen events took 2.3 ms.
     pub async fn acknowledge(&mut self, positions: &[i64]) -> Result<(), EventStoreError> {
-        sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
+        let deleted = sqlx::query("DELETE FROM outbox WHERE position = ANY($1)")
             .bind(positions)
             .execute(&mut self.conn)
-            .await?;
+            .await?
+            .rows_affected();
+        self.deleted += deleted;
+        if self.deleted >= VACUUM_AFTER_ROWS {
+            sqlx::query("VACUUM outbox").execute(&mut self.conn).await?;
+            self.deleted = 0;
+        }
         Ok(())
     }
 
