@@ -7,7 +7,8 @@ docs/BENCHMARKS.md.
 1. `./dev up` (a running stack is fine); notes the start (UTC and the read
    model's now()).
 2. Samples every part of the stack each second from /proc while Gatling runs
-   (memory and CPU; see TREE_PARTS and Sampler), and Gatling itself.
+   (memory and CPU; see TREE_PARTS and Sampler), and Gatling itself, and
+   each PostgreSQL's backends by client (pg_cpu.py).
 3. Runs `load-tests/gatling.sh <profile>`, its output shown as it comes.
 4. Projection lag: p50/p95/p99/max of projected_at − updated_at over the read
    model's rows written since the start.
@@ -46,6 +47,7 @@ sys.path.insert(0, str(HERE / "gatling"))
 import benchlib  # noqa: E402
 from benchlib import psql  # noqa: E402
 import summary  # noqa: E402  (gatling/summary.py)
+from pg_cpu import PgCpu, table as pg_cpu_table  # noqa: E402
 
 ROOT = benchlib.ROOT
 PIDS = ROOT / ".state" / "pids"
@@ -668,6 +670,13 @@ def render(ctx):
         )
     else:
         out.append("Memory and CPU per part: not sampled (no running part found, or the run ended at once).\n")
+    if ctx.get("pg_clients") and ctx["wall"]:
+        out.append(
+            "Each PostgreSQL's CPU by client (`application_name` of the backend, else its kind; "
+            "`load-tests/pg_cpu.py`), over the whole run:\n"
+        )
+        out.append(pg_cpu_table(ctx["pg_clients"], ctx["wall_s"]))
+        out.append("")
     if ctx.get("png_link"):
         out.append(f"![latencies]({ctx['png_link']})\n")
     elif ctx.get("plot_error"):
@@ -776,6 +785,8 @@ def real_run(args):
     proc = start_gatling(profile, {**os.environ, **env})
     sampler = Sampler({**parts, GATLING: proc.pid})
     sampler.start()
+    pg_cpu = PgCpu(env)
+    pg_cpu.start()
     lines = []
     try:
         for line in proc.stdout:
@@ -786,10 +797,12 @@ def real_run(args):
     except KeyboardInterrupt:
         proc.wait()
         sampler.finish()
+        pg_cpu.finish()
         print("\nbenchmark: interrupted, nothing appended", file=sys.stderr)
         sys.exit(130)
     wall = time.monotonic() - started
     hwm = sampler.finish()
+    pg_clients = pg_cpu.finish()
     reported = last_line(lines, "report:")  # gatling.sh's summary
     html = reported.split(":", 1)[1].strip() if reported else ""
     if not html:  # Gatling's own line
@@ -807,6 +820,7 @@ def real_run(args):
         "hwm_reset": hwm_reset,
         "status": status,
         "wall": wall,
+        "pg_clients": pg_clients,
         # exact, unlike the samples: rusage of the reaped gatling.sh tree
         "gatling_cpu": cpu_of(resource.getrusage(resource.RUSAGE_CHILDREN)) - children0,
         "self_cpu": cpu_of(resource.getrusage(resource.RUSAGE_SELF)) - self0,
@@ -847,7 +861,9 @@ def main():
         "lag": run["lag"],
         "exit": status,
         "result": "PASSED" if status == 0 else "FAILED",
+        "pg_clients": run.get("pg_clients"),
         "wall": fmt_duration(run["wall"]) if run["wall"] is not None else None,
+        "wall_s": run["wall"],
         "count_check": last_line(lines, "COUNT CHECK:") or "COUNT CHECK: not run",
         "count_end": last_line(lines, "COUNT AT END:"),
         "stats": [],

@@ -3,7 +3,7 @@
 test) and prints the CPU seconds each database spent on it per client
 (`application_name`: command-service, its relay, query-service, its search
 and projector pools) and per background process (autovacuum, WAL writer,
-checkpointer...).
+checkpointer...). benchmark.py uses the same sampler for its report.
 
     load-tests/pg_cpu.py -- load-tests/gatling.sh peak
     load-tests/pg_cpu.py --seconds 30          # just watch the running stack
@@ -17,6 +17,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -52,6 +53,56 @@ def names(url):
     return {int(pid): who for pid, _, who in (line.partition("|") for line in out.splitlines() if line)}
 
 
+class PgCpu(threading.Thread):
+    """Samples both databases' backends every second until `finish()`,
+    which returns {database: [(client, CPU seconds)]}, busiest first."""
+
+    def __init__(self, env, interval=1.0):
+        super().__init__(daemon=True)
+        self.env, self.interval = env, interval
+        self.masters = {db: int((PIDS / f"{db}.pid").read_text()) for db in DATABASES}
+        self.first = {db: children_cpu(m) for db, m in self.masters.items()}
+        self.last = {db: dict(c) for db, c in self.first.items()}
+        self.who = {db: {} for db in DATABASES}
+        self.stop_event = threading.Event()
+
+    def sample(self):
+        for db, master in self.masters.items():
+            self.last[db].update(children_cpu(master))
+            try:
+                self.who[db].update(names(self.env[DATABASES[db]]))
+            except (subprocess.CalledProcessError, OSError):
+                pass  # the database is down for a moment (fault tests): keep sampling
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            self.sample()
+
+    def finish(self):
+        self.stop_event.set()
+        self.join()
+        self.sample()
+        result = {}
+        for db in DATABASES:
+            spent = defaultdict(float)
+            for pid, cpu in self.last[db].items():
+                spent[self.who[db].get(pid, "exited or unnamed")] += cpu - self.first[db].get(pid, 0.0)
+            result[db] = sorted(spent.items(), key=lambda kv: -kv[1])
+        return result
+
+
+def table(result, wall):
+    """Markdown: one row per database and client with CPU seconds and cores."""
+    rows = ["| database | client | CPU s | cores | share |", "|---|---|---|---|---|"]
+    for db, spent in result.items():
+        total = sum(cpu for _, cpu in spent)
+        rows.append(f"| {db} | **all** | {total:.1f} | {total / wall:.2f} | 100% |")
+        for name, cpu in spent:
+            if cpu >= 0.05:
+                rows.append(f"| {db} | {name} | {cpu:.1f} | {cpu / wall:.2f} | {100 * cpu / max(total, 1e-9):.0f}% |")
+    return "\n".join(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, help="sample this long instead of running a command")
@@ -59,37 +110,19 @@ def main():
     args = parser.parse_args()
     if not args.command and args.seconds is None:
         parser.error("give a command (after --) or --seconds")
-    env = benchlib.dev_env()
-    masters = {db: int((PIDS / f"{db}.pid").read_text()) for db in DATABASES}
-    first = {db: children_cpu(m) for db, m in masters.items()}
-    last = {db: dict(c) for db, c in first.items()}
-    who = {db: {} for db in DATABASES}
-    process = subprocess.Popen(args.command) if args.command else None
+    sampler = PgCpu(benchlib.dev_env())
     started = time.monotonic()
-    while True:
-        for db, master in masters.items():
-            last[db].update(children_cpu(master))
-            try:
-                who[db].update(names(env[DATABASES[db]]))
-            except (subprocess.CalledProcessError, OSError):
-                pass  # the database is down for a moment (fault tests): keep sampling
-        if process is not None and process.poll() is not None:
-            break
-        if process is None and time.monotonic() - started >= args.seconds:
-            break
-        time.sleep(1)
+    sampler.start()
+    status = 0
+    if args.command:
+        status = subprocess.run(args.command).returncode
+    else:
+        time.sleep(args.seconds)
+    result = sampler.finish()
     wall = time.monotonic() - started
-    print(f"\nPostgreSQL CPU by client over {wall:.0f} s (cores = CPU s / wall s)")
-    for db in DATABASES:
-        spent = defaultdict(float)
-        for pid, cpu in last[db].items():
-            spent[who[db].get(pid, "exited or unnamed")] += cpu - first[db].get(pid, 0.0)
-        total = sum(spent.values())
-        print(f"{db}: {total:.1f} CPU s, {total / wall:.2f} cores")
-        for name, cpu in sorted(spent.items(), key=lambda kv: -kv[1]):
-            if cpu >= 0.05:
-                print(f"  {name:<32} {cpu:7.1f} s  {cpu / wall:5.2f} cores  {100 * cpu / max(total, 1e-9):4.0f}%")
-    sys.exit(process.returncode if process is not None else 0)
+    print(f"\nPostgreSQL CPU by client over {wall:.0f} s (cores = CPU s / wall s)\n")
+    print(table(result, wall))
+    sys.exit(status)
 
 
 if __name__ == "__main__":
