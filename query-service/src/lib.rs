@@ -239,7 +239,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         // actual values guesses how many rows a rare term or skill matches
         // (45,823 estimated, 24 found), and with LIMIT 50 it then walks every
         // row hoping to stop early: 160 ms to 850 ms against 0.2 to 3 ms
-        // through the trigram or skill index. The generic plan keeps to the
+        // through the trigram or array index. The generic plan keeps to the
         // indexes, and costs no planning per search. The one search that can
         // only scan (a term without a trigram) allows it for itself.
         .connect_lazy_with(search_options.options([

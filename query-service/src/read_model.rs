@@ -16,8 +16,7 @@ use uuid::Uuid;
 pub const PAGE: i64 = 50;
 
 /// How many of the newest rows a skill search reads before it turns to the
-/// skill holders' table: enough to hold 50 holders of any skill one warrior
-/// in 40 has.
+/// array index: enough to hold 50 holders of any skill one warrior in 40 has.
 const RECENT_SKILL_ROWS: i64 = 2000;
 
 /// How much of a search term is looked up in the trigram index: each more
@@ -163,7 +162,7 @@ impl ReadModel {
     /// Live warriors whose name or any skill contains `term`, ignoring case.
     ///
     /// Skills come from a small vocabulary held in memory: rows holding any
-    /// matching skill are found as [`Self::holding_skills`] says. Names are found
+    /// matching skill are found through the array index. Names are found
     /// through the trigram index of `warrior_names` (kept by the indexer,
     /// so a name shows up there a moment after its row), queried with only
     /// an [`index_piece`] of the term: a GIN lookup costs about one posting
@@ -211,13 +210,14 @@ impl ReadModel {
             .collect())
     }
 
-    /// Live warriors holding any of `skills`, at most [`PAGE`]. A skill many
-    /// recent warriors hold is found at once among the newest rows; others
-    /// through the skill holders the search indexer keeps (`warrior_skills`,
-    /// by skill), reading only as many holders as it needs: at most
-    /// [`PAGE`] per skill, as one warrior may hold them all. (An array index
-    /// would first collect every holder: 36 ms for a skill 69k warriors
-    /// hold; walking all rows instead, 850 ms for a few dozen rare skills.)
+    /// Live warriors holding any of `skills`, at most [`PAGE`]. How to find
+    /// them depends on how common the skills are, which no plan knows: a
+    /// skill most warriors have is found at once among the newest rows,
+    /// where the array index would first collect every holder (100 ms for
+    /// "a" in 560k rows); a rare one is found through the index, where
+    /// walking the rows would read them all (850 ms, a timeout, for a few
+    /// dozen rare skills). So the newest [`RECENT_SKILL_ROWS`] rows first,
+    /// and the index only if they did not hold enough.
     async fn holding_skills(&self, skills: Vec<String>) -> Result<Vec<WarriorRow>, sqlx::Error> {
         let recent = format!(
             "SELECT {WARRIOR_COLUMNS} FROM (SELECT {WARRIOR_COLUMNS}, skills_lower FROM warriors
@@ -231,32 +231,33 @@ impl ReadModel {
         if rows.len() == PAGE as usize {
             return Ok(rows);
         }
-        let holders = format!(
-            "SELECT {WARRIOR_COLUMNS} FROM warriors
-             WHERE id = ANY (ARRAY(SELECT DISTINCT id FROM
-                       (SELECT id FROM warrior_skills WHERE skill = ANY ($1) LIMIT $2) AS held))
-               AND NOT deleted
-             LIMIT {PAGE}"
-        );
-        let enough = PAGE * i64::try_from(skills.len()).unwrap_or(i64::MAX / PAGE);
-        sqlx::query_as(&holders)
+        let indexed =
+            format!("SELECT {WARRIOR_COLUMNS} FROM warriors WHERE NOT deleted AND skills_lower && $1 LIMIT {PAGE}");
+        sqlx::query_as(&indexed)
             .bind(&skills)
-            .bind(enough)
             .fetch_all(&self.search_pool)
             .await
     }
 
-    /// Indexes the names and skills of up to `max` queued warriors
-    /// (removing those of deleted ones) in one transaction, then merges the
-    /// name index's pending entries. Returns how many were taken from the
-    /// queue. Several instances can run this at once: each takes rows the
-    /// others have not locked.
+    /// Indexes the names of up to `max` queued warriors (removing those of
+    /// deleted ones) in one transaction, then merges the pending entries of
+    /// the names' and the skills' indexes. Returns how many were taken from the queue. Several
+    /// instances can run this at once: each takes rows the others have not
+    /// locked.
+    ///
+    /// The skills' array index is filled by the projector itself; merged
+    /// here every refresh, its pending list never reaches its limit, where
+    /// the projector's own insert would stop to merge it (a stall for every
+    /// lookup waiting on its write, every few seconds under load).
     pub async fn index_names(&self, max: i64) -> Result<u64, sqlx::Error> {
         let taken: i64 = sqlx::query_scalar(INDEX_NAMES).bind(max).fetch_one(&self.pool).await?;
         if taken > 0 {
-            sqlx::query("SELECT gin_clean_pending_list('warrior_names_trgm'::regclass)")
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "SELECT gin_clean_pending_list('warrior_names_trgm'::regclass),
+                        gin_clean_pending_list('warriors_skills'::regclass)",
+            )
+            .execute(&self.pool)
+            .await?;
         }
         Ok(taken as u64)
     }
@@ -452,39 +453,23 @@ WITH input AS (
 UPDATE warrior_count SET live = warrior_count.live + delta.live FROM delta WHERE delta.live <> 0";
 
 /// One round of the search indexer: takes queued ids (skipping those
-/// another indexer holds), then writes each one's current name and skills,
-/// or removes them if the warrior is gone. Rows are written in id order, so
-/// two indexers cannot deadlock. Every part reads the tables as they were
-/// before the statement, so `previous` holds the skills last written.
+/// another indexer holds), then writes each one's current name, or removes
+/// it if the warrior is gone. Rows are written in id order, so two
+/// indexers cannot deadlock.
 const INDEX_NAMES: &str = "
 WITH taken AS (
     DELETE FROM search_queue
     WHERE id = ANY (ARRAY(SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
     RETURNING id
 ), current AS (
-    SELECT w.id, w.search_text, w.skills_lower AS skills, w.deleted FROM warriors w JOIN taken USING (id)
-), previous AS (
-    SELECT n.id, n.skills FROM warrior_names n JOIN taken USING (id)
+    SELECT w.id, w.search_text, w.deleted FROM warriors w JOIN taken USING (id)
 ), written AS (
-    INSERT INTO warrior_names (id, search_text, skills)
-    SELECT id, search_text, skills FROM current WHERE NOT deleted ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET search_text = EXCLUDED.search_text, skills = EXCLUDED.skills
-       WHERE (warrior_names.search_text, warrior_names.skills) IS DISTINCT FROM (EXCLUDED.search_text, EXCLUDED.skills)
+    INSERT INTO warrior_names (id, search_text)
+    SELECT id, search_text FROM current WHERE NOT deleted ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET search_text = EXCLUDED.search_text
+       WHERE warrior_names.search_text <> EXCLUDED.search_text
 ), removed AS (
     DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
-), held AS (
-    SELECT skill, id FROM current, unnest(current.skills) AS skill WHERE NOT deleted
-), held_before AS (
-    SELECT skill, id FROM previous, unnest(previous.skills) AS skill
-), skills_lost AS (
-    DELETE FROM warrior_skills ws
-    USING (SELECT skill, id FROM held_before EXCEPT SELECT skill, id FROM held) lost
-    WHERE ws.skill = lost.skill AND ws.id = lost.id
-), skills_gained AS (
-    INSERT INTO warrior_skills (skill, id)
-    SELECT skill, id FROM (SELECT skill, id FROM held EXCEPT SELECT skill, id FROM held_before) gained
-    ORDER BY skill, id
-    ON CONFLICT DO NOTHING
 ), alphabet AS (
     INSERT INTO name_characters (ch)
     SELECT DISTINCT c FROM current, string_to_table(search_text, NULL) AS c

@@ -122,23 +122,20 @@ async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>) -> sqlx::Result<(
     sqlx::query("UPDATE public.warrior_count SET live = (SELECT live FROM rebuild.warrior_count)")
         .execute(&mut **swap)
         .await?;
-    // Names and skills of warriors gone from the rebuilt rows leave the
-    // search tables now; rows whose name or skills the rebuilt rows hold
-    // differently are queued for the indexer, so search is never held up by the swap's lock. (Queueing
+    // Names of warriors gone from the rebuilt rows leave the search index
+    // now; names the rebuilt rows spell differently are queued for the
+    // indexer, so search is never held up by the swap's lock. (Queueing
     // every row instead kept the indexer busy for minutes after a rebuild.)
-    for gone in ["public.warrior_names", "public.warrior_skills"] {
-        sqlx::query(&format!(
-            "DELETE FROM {gone} g
-             WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = g.id AND NOT w.deleted)"
-        ))
-        .execute(&mut **swap)
-        .await?;
-    }
+    sqlx::query(
+        "DELETE FROM public.warrior_names n
+         WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
+    )
+    .execute(&mut **swap)
+    .await?;
     sqlx::query(
         "INSERT INTO public.search_queue
          SELECT w.id FROM public.warriors w LEFT JOIN public.warrior_names n USING (id)
-         WHERE NOT w.deleted
-           AND (n.search_text, n.skills) IS DISTINCT FROM (w.search_text, w.skills_lower)
+         WHERE NOT w.deleted AND n.search_text IS DISTINCT FROM w.search_text
          ON CONFLICT DO NOTHING",
     )
     .execute(&mut **swap)

@@ -67,62 +67,6 @@ async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
     }
 }
 
-/// A skill none of the newest 2,000 warriors holds is found through the
-/// search indexer's table of holders, which follows updates and deletions.
-#[tokio::test]
-async fn search_finds_skill_holders_beyond_the_newest_rows_and_follows_changes() {
-    use futures::StreamExt;
-    let stack = Stack::from_env();
-    let marker = uuid::Uuid::new_v4().simple().to_string();
-    let (kept, lost) = (format!("Tessen{marker}"), format!("Kusari{marker}"));
-    let holder = stack
-        .create(&json!({"name": "Holder", "dob": "1600-01-01", "fight_skills": [kept, lost]}))
-        .await;
-    let gone = stack
-        .create(&json!({"name": "Gone", "dob": "1600-01-01", "fight_skills": [kept]}))
-        .await;
-    futures::stream::iter(0..2000)
-        .for_each_concurrent(32, |_| async {
-            stack.create(&new_warrior()).await;
-        })
-        .await;
-    let changed = json!({"name": "Holder", "dob": "1600-01-01", "fight_skills": [kept]});
-    let put = stack
-        .http
-        .put(stack.at(&format!("/warrior/{}", holder["id"].as_str().expect("id"))))
-        .json(&changed)
-        .send()
-        .await
-        .expect("gateway reachable");
-    assert_eq!(put.status(), 200);
-    let updated: Value = put.json().await.expect("JSON");
-    let deleted = stack
-        .http
-        .delete(stack.at(&format!("/warrior/{}", gone["id"].as_str().expect("id"))))
-        .send()
-        .await
-        .expect("gateway reachable");
-    assert_eq!(deleted.status(), 204);
-
-    let holders = |term: String| {
-        let stack = &stack;
-        async move {
-            let hits: Vec<Value> = search(stack, &term.to_lowercase()).await.json().await.ok()?;
-            Some(hits)
-        }
-    };
-    poll_until(Duration::from_secs(10), "the updated holder alone", || async {
-        holders(kept.clone())
-            .await
-            .filter(|hits| *hits == vec![updated.clone()])
-    })
-    .await;
-    poll_until(Duration::from_secs(10), "no holder of the skill given up", || async {
-        holders(lost.clone()).await.filter(Vec::is_empty)
-    })
-    .await;
-}
-
 /// `GET /warrior?t=term` through the gateway, the term URL-encoded.
 async fn search(stack: &Stack, term: &str) -> reqwest::Response {
     stack
