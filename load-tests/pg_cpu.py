@@ -47,8 +47,9 @@ def children_cpu(master):
 
 
 def names(url):
-    """pid → who: the client's application_name, else the backend type."""
-    sql = "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity"
+    """pid → who: the client's application_name, else the backend type (hidden
+    from a role without pg_read_all_stats: then "server process")."""
+    sql = "SELECT pid, coalesce(nullif(application_name, ''), backend_type, 'server process') FROM pg_stat_activity"
     out = benchlib.psql(url, sql)
     return {int(pid): who for pid, _, who in (line.partition("|") for line in out.splitlines() if line)}
 
