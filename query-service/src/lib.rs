@@ -307,9 +307,12 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "query-service listening");
     let draining = http_kit::Draining::default();
-    axum::serve(listener, draining.apply(app(state, &config, metrics)))
-        .with_graceful_shutdown(draining.shutdown_signal())
-        .await?;
+    axum::serve(
+        draining.listener(listener)?,
+        draining.apply(app(state, &config, metrics)),
+    )
+    .with_graceful_shutdown(draining.shutdown_signal())
+    .await?;
 
     let _ = stop_projector.send(true);
     match projector_task.await {

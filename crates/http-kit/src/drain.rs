@@ -4,35 +4,66 @@
 //! kept-alive connections races the gateway: nginx may send a request on a
 //! cached connection at the moment it is closed, and a POST that met a
 //! closed connection is not retried (it may have been processed): one 502
-//! in ~4,000 requests during a rolling restart. Draining first answers
-//! every request with `Connection: close` for [`DRAIN_DELAY`], so nginx
-//! stops reusing (and caching) connections to this instance; only then is
-//! the listener closed, and a refused connection is retried on another
-//! replica, safely, since nothing was sent. A cached connection nginx does
-//! not use during the drain still raced the close (1 failed POST in ~5,000,
-//! CI): nginx drops idle upstream connections after 1 s itself
-//! (`keepalive_timeout` in nginx.conf's upstreams), so the drain lasts
-//! longer than that and no idle connection outlives it.
+//! in ~4,000 requests during a rolling restart. So draining has two steps.
+//!
+//! 1. At the signal the listening socket closes at once: nginx's new
+//!    connections are refused and retried on another replica, safely, since
+//!    nothing was sent. Requests on connections already open are still
+//!    served, each answer with `Connection: close`, so nginx stops reusing
+//!    them.
+//! 2. After [`DRAIN_DELAY`] the connections left close. None is idle in
+//!    nginx's cache by then: nginx drops idle upstream connections after 1 s
+//!    (`keepalive_timeout` in nginx.conf's upstreams), and the drain is
+//!    longer.
+//!
+//! Keeping the listener open during the drain (as before) failed 1 POST in
+//! ~5,000 writes of a rolling restart (CI, twice): every answer closing its
+//! connection, nginx kept opening new ones to the draining replica, and one
+//! opened just as the listener closed met a reset after its POST was sent.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
+use axum::serve::Listener;
 use axum::{middleware, Router};
+use futures::FutureExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
-/// How long responses carry `Connection: close` before the listener closes:
-/// longer than nginx keeps an idle upstream connection (1 s).
+/// How long open connections are still served (with `Connection: close`)
+/// after the listener closed: longer than nginx keeps an idle upstream
+/// connection (1 s).
 pub const DRAIN_DELAY: Duration = Duration::from_millis(1500);
 
 /// Whether this instance is draining; cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Draining(Arc<AtomicBool>);
+pub struct Draining(Arc<DrainState>);
+
+#[derive(Debug, Default)]
+struct DrainState {
+    started: AtomicBool,
+    /// Wakes the listener when the drain starts.
+    wake: Notify,
+}
 
 impl Draining {
     pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.started.load(Ordering::Relaxed)
+    }
+
+    /// `listener`, closed as soon as the drain starts: the listener to give
+    /// `axum::serve`.
+    pub fn listener(&self, listener: TcpListener) -> io::Result<DrainingListener> {
+        Ok(DrainingListener {
+            address: listener.local_addr()?,
+            inner: Some(listener),
+            draining: self.clone(),
+        })
     }
 
     /// Adds `Connection: close` to every response once draining.
@@ -55,8 +86,66 @@ impl Draining {
     /// draining in between: the future to give `with_graceful_shutdown`.
     pub async fn shutdown_signal(self) {
         crate::shutdown_signal().await;
-        self.0.store(true, Ordering::Relaxed);
-        tracing::info!(delay = ?DRAIN_DELAY, "draining: closing kept-alive connections before the listener");
+        self.0.started.store(true, Ordering::Relaxed);
+        self.0.wake.notify_waiters();
+        tracing::info!(delay = ?DRAIN_DELAY, "draining: listener closed, open connections served until the delay ends");
         tokio::time::sleep(DRAIN_DELAY).await;
+    }
+}
+
+/// A TCP listener that closes when the drain starts (see the module docs).
+#[derive(Debug)]
+pub struct DrainingListener {
+    inner: Option<TcpListener>,
+    address: SocketAddr,
+    draining: Draining,
+}
+
+impl Listener for DrainingListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            // Registered before the flag is read, so a drain starting in
+            // between still wakes this accept.
+            let woken = self.draining.0.wake.notified();
+            let Some(listener) = self.inner.as_mut() else {
+                return std::future::pending().await;
+            };
+            if self.draining.is_draining() {
+                // Take what already waits in the backlog, then close: a
+                // queued connection may carry a request already.
+                if let Some(Ok(accepted)) = TcpListener::accept(listener).now_or_never() {
+                    return accepted;
+                }
+                self.inner = None;
+                continue;
+            }
+            tokio::select! {
+                accepted = TcpListener::accept(listener) => match accepted {
+                    Ok(accepted) => return accepted,
+                    Err(error) => accept_failed(error).await,
+                },
+                () = woken => {}
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.address)
+    }
+}
+
+/// As axum's own listener does: a connection that failed before it was
+/// accepted is the client's business; anything else (out of file
+/// descriptors) is worth a log line and a pause rather than a busy loop.
+async fn accept_failed(error: io::Error) {
+    if !matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    ) {
+        tracing::error!(%error, "accept failed");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
