@@ -86,10 +86,17 @@ impl Draining {
     /// draining in between: the future to give `with_graceful_shutdown`.
     pub async fn shutdown_signal(self) {
         crate::shutdown_signal().await;
-        self.0.started.store(true, Ordering::Relaxed);
-        self.0.wake.notify_waiters();
+        self.start();
         tracing::info!(delay = ?DRAIN_DELAY, "draining: listener closed, open connections served until the delay ends");
         tokio::time::sleep(DRAIN_DELAY).await;
+    }
+}
+
+impl Draining {
+    /// Starts the drain: the listener closes, answers say `Connection: close`.
+    pub fn start(&self) {
+        self.0.started.store(true, Ordering::Relaxed);
+        self.0.wake.notify_waiters();
     }
 }
 
@@ -147,5 +154,64 @@ async fn accept_failed(error: io::Error) {
     ) {
         tracing::error!(%error, "accept failed");
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// One `GET /` on `stream`; the response head, lower-cased.
+    async fn get_root(stream: &mut TcpStream) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !response.ends_with(b"ok") {
+            let read = stream.read(&mut chunk).await.expect("read");
+            assert!(read > 0, "connection closed before the answer");
+            response.extend_from_slice(&chunk[..read]);
+        }
+        String::from_utf8_lossy(&response).to_lowercase()
+    }
+
+    #[tokio::test]
+    async fn draining_refuses_new_connections_and_serves_open_ones_with_connection_close() {
+        let draining = Draining::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = draining.apply(Router::new().route("/", get(|| async { "ok" })));
+        let server = axum::serve(draining.listener(listener).expect("listener"), app);
+        let server = tokio::spawn(async move { server.await });
+
+        let mut open = TcpStream::connect(address).await.expect("connect");
+        let before = get_root(&mut open).await;
+        assert!(before.starts_with("http/1.1 200"), "{before}");
+        assert!(!before.contains("connection: close"), "{before}");
+
+        draining.start();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpStream::connect(address).await {
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => break,
+                _ => assert!(
+                    Instant::now() < deadline,
+                    "new connections still accepted while draining"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let during = get_root(&mut open).await;
+        assert!(during.starts_with("http/1.1 200"), "{during}");
+        assert!(during.contains("connection: close"), "{during}");
+        server.abort();
     }
 }
