@@ -73,6 +73,16 @@ impl Stack {
         self.http.get(self.at(path)).send().await.expect("gateway reachable")
     }
 
+    /// `GET /warrior?t=term` through the gateway, the term URL-encoded.
+    pub async fn search(&self, term: &str) -> reqwest::Response {
+        self.http
+            .get(self.at("/warrior"))
+            .query(&[("t", term)])
+            .send()
+            .await
+            .expect("gateway reachable")
+    }
+
     /// Creates a warrior through the gateway and returns its body.
     pub async fn create(&self, body: &Value) -> Value {
         let response = self.post_json("/warrior", body).await;

@@ -67,17 +67,6 @@ async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
     }
 }
 
-/// `GET /warrior?t=term` through the gateway, the term URL-encoded.
-async fn search(stack: &Stack, term: &str) -> reqwest::Response {
-    stack
-        .http
-        .get(stack.at("/warrior"))
-        .query(&[("t", term)])
-        .send()
-        .await
-        .expect("reachable")
-}
-
 #[tokio::test]
 async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
     let stack = Stack::from_env();
@@ -94,7 +83,7 @@ async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
     let created = stack.create(&body).await;
     for term in [term.clone(), term.to_uppercase()] {
         let found: Vec<Value> = poll_until(Duration::from_secs(5), "search to find the warrior", || async {
-            let hits: Vec<Value> = search(&stack, &term).await.json().await.ok()?;
+            let hits: Vec<Value> = stack.search(&term).await.json().await.ok()?;
             (!hits.is_empty()).then_some(hits)
         })
         .await;
@@ -106,7 +95,7 @@ async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
 async fn search_answers_any_term_with_matches_only() {
     let stack = Stack::from_env();
     for term in ["!!!!", "ø", "\u{83}", "a b", "ab", "x-", "%", "_a_", "û", "🍕", "judo"] {
-        let response = search(&stack, term).await;
+        let response = stack.search(term).await;
         assert_eq!(response.status(), 200, "term {term:?}");
         let hits: Vec<Value> = response.json().await.expect("JSON");
         assert!(hits.len() <= 50, "term {term:?}: {} rows", hits.len());

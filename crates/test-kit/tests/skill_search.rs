@@ -47,7 +47,7 @@ async fn search_finds_skill_holders_beyond_the_newest_rows_and_follows_changes()
     let holders = |term: String| {
         let stack = &stack;
         async move {
-            let hits: Vec<Value> = search(stack, &term).await.json().await.ok()?;
+            let hits: Vec<Value> = stack.search(&term).await.json().await.ok()?;
             Some(hits)
         }
     };
@@ -61,14 +61,4 @@ async fn search_finds_skill_holders_beyond_the_newest_rows_and_follows_changes()
         holders(lost.clone()).await.filter(Vec::is_empty)
     })
     .await;
-}
-
-async fn search(stack: &Stack, term: &str) -> reqwest::Response {
-    stack
-        .http
-        .get(stack.at("/warrior"))
-        .query(&[("t", term)])
-        .send()
-        .await
-        .expect("gateway reachable")
 }
