@@ -274,6 +274,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         read_model: ReadModel::new(projector_pool.clone()),
         topic: config.kafka_topic.clone(),
         max_batch: config.projector_batch,
+        min_batch_interval: config.projector_batch_interval(),
         applied: applied.clone(),
     };
     let indexer_task = tokio::spawn(search_indexer::run(

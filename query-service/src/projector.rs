@@ -24,8 +24,6 @@ use uuid::Uuid;
 use crate::read_model::{Applicable, PartitionOffset, ReadModel};
 
 const BACKOFF: Duration = Duration::from_millis(500);
-/// A batch ends when no message arrives for this long (or when it is full).
-const BATCH_GAP: Duration = Duration::from_millis(1);
 
 /// Consumer callbacks: turns librdkafka's periodic statistics into the
 /// `projector_lag_events{partition}` gauge (high watermark − stored offset).
@@ -57,6 +55,8 @@ pub struct Projector {
     pub read_model: ReadModel,
     pub topic: String,
     pub max_batch: usize,
+    /// Shortest time from one batch's start to the next one's.
+    pub min_batch_interval: Duration,
     /// Announces the (warrior, version) pairs of every committed batch, so
     /// read-your-writes waiters re-read only when their warrior was applied.
     pub applied: broadcast::Sender<AppliedBatch>,
@@ -95,35 +95,60 @@ impl Received {
 }
 
 impl Projector {
+    /// Consumes until `shutdown` turns true. Batches form by themselves:
+    /// the first message is applied at once, and whatever arrives while a
+    /// batch is being applied makes the next batch (up to `max_batch`), the
+    /// way group commit works, but batches start at most every
+    /// `min_batch_interval`: each costs ~0.4 ms of CPU whatever its size,
+    /// and without the floor a trickle of events made batches of 1.7 events.
+    /// (A 1 ms gap timer used to end each batch: ~2.7 ms of the 7 ms between
+    /// the relay's send and the row at 1,000 events/s.)
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.topic])?;
-        loop {
-            let first = tokio::select! {
-                message = self.consumer.recv() => message,
-                _ = shutdown.changed() => break,
-            };
-            let mut batch = match first {
-                Ok(message) => vec![Received::from_message(&message)],
-                Err(error) => {
-                    tracing::warn!(%error, "Kafka consumer error");
-                    tokio::time::sleep(BACKOFF).await;
-                    continue;
+        let mut batch: Vec<Received> = Vec::new();
+        while !*shutdown.borrow() {
+            if batch.is_empty() {
+                tokio::select! {
+                    message = self.consumer.recv() => match message {
+                        Ok(message) => batch.push(Received::from_message(&message)),
+                        Err(error) => {
+                            tracing::warn!(%error, "Kafka consumer error");
+                            tokio::time::sleep(BACKOFF).await;
+                        }
+                    },
+                    _ = shutdown.changed() => {}
                 }
-            };
-            // Take whatever else arrives without a gap of BATCH_GAP. Polling
-            // without waiting ended batches far too early: a poll that meets
-            // a non-message event (commit results, statistics) answers
-            // "nothing yet" although messages follow, and under load the
-            // projector crawled through a backlog of 15k events in batches
-            // of five. Waiting a millisecond costs idle batches that much
-            // latency and lets busy ones fill up.
-            while batch.len() < self.max_batch {
-                match tokio::time::timeout(BATCH_GAP, self.consumer.recv()).await {
-                    Ok(Ok(message)) => batch.push(Received::from_message(&message)),
-                    Ok(Err(_)) | Err(_) => break,
-                }
+                continue;
             }
-            if !self.process(batch, &mut shutdown).await {
+            let mut stop = shutdown.clone();
+            let next_start = tokio::time::Instant::now() + self.min_batch_interval;
+            let apply = self.process(std::mem::take(&mut batch), &mut stop);
+            tokio::pin!(apply);
+            let mut done = false;
+            let mut gathering = true;
+            let applied = loop {
+                tokio::select! {
+                    biased;
+                    applied = &mut apply, if !done => {
+                        if !applied || tokio::time::Instant::now() >= next_start {
+                            break applied;
+                        }
+                        // A timer firing in the past still waits for the next tick.
+                        done = true;
+                    }
+                    () = tokio::time::sleep_until(next_start), if done => break true,
+                    // Cancel-safe: a message is taken off the queue only
+                    // when this future completes.
+                    message = self.consumer.recv(), if gathering && batch.len() < self.max_batch => match message {
+                        Ok(message) => batch.push(Received::from_message(&message)),
+                        Err(error) => {
+                            tracing::warn!(%error, "Kafka consumer error");
+                            gathering = false;
+                        }
+                    },
+                }
+            };
+            if !applied {
                 break;
             }
         }

@@ -68,4 +68,23 @@ impl Spare {
     pub async fn kill(mut self) {
         self.child.kill().await.expect("kill the spare instance");
     }
+
+    /// SIGTERM, then waits for the exit: a clean goodbye, for a test's
+    /// cleanup. A killed query-service stays a member of the projector's
+    /// consumer group until its session times out (10 s), and the group
+    /// assigns no partition meanwhile: the next test's writes waited that
+    /// long to be projected.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().expect("the spare is running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "SIGTERM to the spare instance");
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the spare instance exits within 20 s of SIGTERM")
+            .expect("wait for the spare instance");
+    }
 }

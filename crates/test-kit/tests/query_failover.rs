@@ -50,6 +50,6 @@ async fn partitions_move_to_the_survivor_and_nothing_is_lost_or_doubled() {
     let (clean, report) = stack.verify(Duration::from_secs(10));
     assert!(clean, "{report}");
 
-    spare.kill().await;
+    spare.stop().await;
     stack.dev(&["up"]);
 }
