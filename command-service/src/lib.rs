@@ -25,8 +25,9 @@ use crate::commands::Commands;
 use crate::config::Config;
 use crate::relay::Relay;
 
-/// Everything a handler may touch, passed explicitly through axum's `State`.
-#[derive(Clone)]
+/// Everything a handler may touch, passed explicitly through axum's `State`
+/// behind one `Arc`: axum clones the state for every request, and cloning
+/// each field (pools, channels, producer, topic name) showed up in profiles.
 pub struct AppState {
     pub commands: Commands,
     pub producer: FutureProducer,
@@ -52,7 +53,7 @@ struct ApiDoc;
 
 /// Every documented route: axum routes each handler at the path and method
 /// of its `#[utoipa::path]`, so the document and the router cannot differ.
-fn router() -> OpenApiRouter<AppState> {
+fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::create))
         .routes(routes!(routes::replace, routes::delete))
@@ -73,7 +74,7 @@ pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Route
     let (routes, doc) = router().split_for_parts();
     let routes = routes
         .route("/openapi.json", http_kit::openapi_json(&doc))
-        .with_state(state);
+        .with_state(Arc::new(state));
     http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }
 

@@ -5,6 +5,8 @@
 //! the router is built from the same attributes (see `crate::router`), so a
 //! route cannot exist without its documentation or the other way round.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -55,7 +57,11 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn create(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn create(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let warrior = created.warrior();
     let location = format!("/warrior/{}", warrior.id);
@@ -91,7 +97,11 @@ pub struct CreatedV1 {
         (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn create_v1(State(app): State<AppState>, headers: HeaderMap, body: JsonBody) -> Result<Response, ApiError> {
+pub async fn create_v1(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
     let created = create_from(&app, &headers, &body).await?;
     let id = created.warrior().id;
     Ok((
@@ -135,7 +145,7 @@ async fn create_from(app: &AppState, headers: &HeaderMap, body: &JsonBody) -> Re
     ),
 )]
 pub async fn replace(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: JsonBody,
@@ -167,7 +177,7 @@ pub async fn replace(
     ),
 )]
 pub async fn delete(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
@@ -216,7 +226,7 @@ pub struct HistoryEntry {
         (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn history(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn history(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let events = app.commands.history(parse_id(&id)?).await?;
     let entries: Vec<HistoryEntry> = events
         .into_iter()
@@ -266,7 +276,7 @@ pub async fn health_v1() -> Json<Health> {
         (status = 503, description = "The event store or Kafka is unreachable.", body = Readiness),
     ),
 )]
-pub async fn ready(State(app): State<AppState>) -> Readiness {
+pub async fn ready(State(app): State<Arc<AppState>>) -> Readiness {
     let (database, kafka) = tokio::join!(
         health::database_answers(app.commands.store().pool()),
         messaging::topic_reachable(&app.producer, &app.topic)

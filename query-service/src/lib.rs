@@ -11,6 +11,7 @@ pub mod routes;
 pub mod search_indexer;
 pub mod verify;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,8 +47,9 @@ const LOOKUP_MAX_BATCH: usize = 256;
 /// events applied by another instance's projector).
 const RYW_RECHECK: Duration = Duration::from_millis(100);
 
-/// Everything a handler may touch, passed explicitly through axum's `State`.
-#[derive(Clone)]
+/// Everything a handler may touch, passed explicitly through axum's `State`
+/// behind one `Arc`: axum clones the state for every request, and cloning
+/// each field (pools, channels, producer, topic name) showed up in profiles.
 pub struct AppState {
     pub read_model: ReadModel,
     /// Lookups by id and stream heads, coalesced into batched queries.
@@ -152,7 +154,7 @@ struct ApiDoc;
 
 /// Every documented route: axum routes each handler at the path and method
 /// of its `#[utoipa::path]`, so the document and the router cannot differ.
-fn router() -> OpenApiRouter<AppState> {
+fn router() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::search))
         .routes(routes!(routes::get_warrior))
@@ -175,7 +177,7 @@ pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Route
     let (routes, doc) = router().split_for_parts();
     let routes = routes
         .route("/openapi.json", http_kit::openapi_json(&doc))
-        .with_state(state);
+        .with_state(Arc::new(state));
     http_kit::with_common_layers(routes, config.request_timeout(), metrics)
 }
 

@@ -3,6 +3,8 @@
 //! Each handler's `#[utoipa::path]` is its entry in the OpenAPI document;
 //! the router is built from the same attributes (see `crate::router`).
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -44,7 +46,7 @@ pub struct WarriorId {
         (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn get_warrior(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_warrior(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     match app.lookup_consistent(id).await? {
         Lookup::Live(warrior) => Ok(with_etag(&warrior)),
@@ -66,7 +68,7 @@ pub async fn get_warrior(State(app): State<AppState>, Path(id): Path<String>) ->
         (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn get_warrior_v1(state: State<AppState>, id: Path<String>) -> Result<Response, ApiError> {
+pub async fn get_warrior_v1(state: State<Arc<AppState>>, id: Path<String>) -> Result<Response, ApiError> {
     get_warrior(state, id).await
 }
 
@@ -112,7 +114,7 @@ fn term(t: Option<String>) -> Option<String> {
     ),
 )]
 pub async fn search(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     Query(params): Query<SearchParams>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
     let term = term(params.t).ok_or(ApiError::MissingTerm)?;
@@ -145,7 +147,7 @@ async fn search_for(app: &AppState, term: &str) -> Result<Vec<Warrior>, ApiError
     ),
 )]
 pub async fn search_v1(
-    State(app): State<AppState>,
+    State(app): State<Arc<AppState>>,
     Query(params): Query<SearchParamsV1>,
 ) -> Result<Json<Vec<Warrior>>, ApiError> {
     let warriors = match term(params.t) {
@@ -177,7 +179,7 @@ pub struct Count {
         (status = 503, description = "The read model is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn count(State(app): State<AppState>) -> Result<Json<Count>, ApiError> {
+pub async fn count(State(app): State<Arc<AppState>>) -> Result<Json<Count>, ApiError> {
     Ok(Json(Count {
         count: app.read_model.count().await?,
     }))
@@ -194,7 +196,7 @@ pub async fn count(State(app): State<AppState>) -> Result<Json<Count>, ApiError>
         (status = 503, description = "The read model is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn count_v1(state: State<AppState>) -> Result<Json<Count>, ApiError> {
+pub async fn count_v1(state: State<Arc<AppState>>) -> Result<Json<Count>, ApiError> {
     count(state).await
 }
 
@@ -233,7 +235,7 @@ pub async fn health_v1() -> Json<Health> {
         (status = 503, description = "The read model or Kafka is unreachable.", body = Readiness),
     ),
 )]
-pub async fn ready(State(app): State<AppState>) -> Readiness {
+pub async fn ready(State(app): State<Arc<AppState>>) -> Readiness {
     let (database, kafka) = tokio::join!(
         health::database_answers(app.read_model.pool()),
         messaging::topic_reachable(&app.kafka, &app.topic)
