@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -109,20 +110,15 @@ impl Projector {
         while !*shutdown.borrow() {
             if batch.is_empty() {
                 tokio::select! {
-                    message = self.consumer.recv() => match message {
-                        Ok(message) => batch.push(Received::from_message(&message)),
-                        Err(error) => {
-                            tracing::warn!(%error, "Kafka consumer error");
-                            tokio::time::sleep(BACKOFF).await;
-                        }
+                    message = self.consumer.recv() => if !take(&mut batch, message) {
+                        tokio::time::sleep(BACKOFF).await;
                     },
                     _ = shutdown.changed() => {}
                 }
                 continue;
             }
-            let mut stop = shutdown.clone();
             let next_start = tokio::time::Instant::now() + self.min_batch_interval;
-            let apply = self.process(std::mem::take(&mut batch), &mut stop);
+            let apply = self.process(std::mem::take(&mut batch), &mut shutdown);
             tokio::pin!(apply);
             let mut done = false;
             let mut gathering = true;
@@ -139,13 +135,9 @@ impl Projector {
                     () = tokio::time::sleep_until(next_start), if done => break true,
                     // Cancel-safe: a message is taken off the queue only
                     // when this future completes.
-                    message = self.consumer.recv(), if gathering && batch.len() < self.max_batch => match message {
-                        Ok(message) => batch.push(Received::from_message(&message)),
-                        Err(error) => {
-                            tracing::warn!(%error, "Kafka consumer error");
-                            gathering = false;
-                        }
-                    },
+                    message = self.consumer.recv(), if gathering && batch.len() < self.max_batch => {
+                        gathering = take(&mut batch, message);
+                    }
                 }
             };
             if !applied {
@@ -250,6 +242,20 @@ impl Projector {
         }
         if let Err((error, _)) = self.dlq_producer.send(record, Duration::from_secs(10)).await {
             tracing::error!(%error, source, "could not write to the dead-letter topic");
+        }
+    }
+}
+
+/// Adds a consumed message to `batch`; false (logged) for a consumer error.
+fn take(batch: &mut Vec<Received>, message: KafkaResult<BorrowedMessage<'_>>) -> bool {
+    match message {
+        Ok(message) => {
+            batch.push(Received::from_message(&message));
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Kafka consumer error");
+            false
         }
     }
 }
