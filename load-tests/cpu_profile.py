@@ -13,7 +13,12 @@ Creates keep running through the relay, Kafka and the projector after wrk
 stops; the script waits until the projection has caught up before reading
 the counters again, so a create's figure includes its whole path.
 
-    load-tests/cpu_profile.py [--seconds 8] [--connections 16] [--close]
+Batches (group commit, relay, projector) make a create cheaper the more
+arrive at once, so a saturating wrk understates what a create costs at the
+Gatling peak's ~1,000 a second: `--delay-ms` makes each connection pause
+between requests (16 connections with 15 ms ≈ 1,000 requests a second).
+
+    load-tests/cpu_profile.py [--seconds 8] [--connections 16] [--close] [--delay-ms N]
 """
 
 import argparse
@@ -94,8 +99,10 @@ def diff(before, after):
     return parts, after[1] - before[1]
 
 
-def requests_of(env, connections, seconds, close):
+def requests_of(env, close, delay_ms):
     header = 'wrk.headers["Connection"] = "close"\n' if close else ""
+    if delay_ms:
+        header += f"\nfunction delay() return {delay_ms} end\n"
     ids = tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False)
     with urllib.request.urlopen(env["QUERY_URL"] + "/api/v1/queries/warriors", timeout=5) as response:
         import json
@@ -115,11 +122,12 @@ def main():
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--close", action="store_true", help="one connection per request, like Gatling's users")
+    parser.add_argument("--delay-ms", type=int, default=0, help="pause of each connection between requests")
     args = parser.parse_args()
     benchlib.ensure_wrk()
     env = benchlib.stack_env()
     rows = []
-    for name, url, lua in requests_of(env, args.connections, args.seconds, args.close):
+    for name, url, lua in requests_of(env, args.close, args.delay_ms):
         bench_reads.wait_caught_up(env)
         wait_quiet()
         before = snapshot()
@@ -131,7 +139,8 @@ def main():
         rows.append((name, figures, total, parts, busy))
     order = ["nginx", "command-service", "query-service", "postgres eventstore", "postgres readmodel", "kafka", "wrk"]
     print(f"CPU microseconds per request ({args.connections} connections, {args.seconds}s, "
-          f"{'Connection: close' if args.close else 'keep-alive'}):")
+          f"{'Connection: close' if args.close else 'keep-alive'}"
+          f"{f', {args.delay_ms} ms between requests' if args.delay_ms else ''}):")
     print("| request | req/s | " + " | ".join(order) + " | machine |")
     print("|---" * (len(order) + 3) + "|")
     for name, figures, total, parts, busy in rows:

@@ -92,6 +92,11 @@ pub struct Config {
     #[arg(long, env = "KAFKA_GROUP", default_value = "warrior-read-projection", global = true)]
     pub kafka_group: String,
 
+    /// librdkafka properties of the projector's consumer, over the built-in
+    /// ones: comma-separated key=value (e.g. `fetch.wait.max.ms=5`).
+    #[arg(long, env = "KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', global = true)]
+    pub kafka_consumer_options: Vec<messaging::ClientOption>,
+
     /// Most events applied in one read-model transaction.
     #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 500, global = true)]
     pub projector_batch: usize,

@@ -27,7 +27,9 @@ pub fn dlq_topic(topic: &str) -> String {
 /// internal retries (it implies `acks=all`). murmur2 matches the Java client's
 /// partitioner, so Java tools agree on which partition a warrior lives in. A
 /// bounded `message.timeout.ms` makes an unreachable broker surface as an
-/// error the relay retries, instead of a send that hangs for minutes.
+/// error the relay retries, instead of a send that hangs for minutes. No
+/// linger: the relay paces its rounds itself and enqueues a round's events
+/// at once, so waiting for more would only add latency.
 pub fn producer_config(brokers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -35,7 +37,7 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set("message.timeout.ms", "10000")
         .set("socket.keepalive.enable", "true");
     config
@@ -68,6 +70,44 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", "4096")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000");
+    config
+}
+
+/// One librdkafka property set by the operator (`key=value`), applied over
+/// the defaults above: batching and polling trade latency for CPU, and the
+/// right point depends on the deployment (README, "Operating it").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOption {
+    pub key: String,
+    pub value: String,
+}
+
+/// Why a `key=value` option was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("expected a librdkafka property as key=value, got {0:?}")]
+pub struct ClientOptionError(String);
+
+impl std::str::FromStr for ClientOption {
+    type Err = ClientOptionError;
+
+    fn from_str(option: &str) -> Result<Self, Self::Err> {
+        match option.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
+                key: key.trim().to_owned(),
+                value: value.trim().to_owned(),
+            }),
+            _ => Err(ClientOptionError(option.to_owned())),
+        }
+    }
+}
+
+/// Applies operator options over a configuration (later ones win).
+/// librdkafka validates them when the client is created, so an unknown
+/// property or a bad value stops the service at start with its message.
+pub fn with_options(mut config: ClientConfig, options: &[ClientOption]) -> ClientConfig {
+    for option in options {
+        config.set(&option.key, &option.value);
+    }
     config
 }
 
@@ -123,6 +163,20 @@ mod tests {
             data: serde_json::json!({}),
         };
         assert_eq!(decode(Some(&encode(&envelope))).expect("decodes"), envelope);
+    }
+
+    #[test]
+    fn options_are_key_value_pairs_applied_over_the_defaults() {
+        let options: Vec<ClientOption> = ["linger.ms=5", " fetch.min.bytes = 1024 "]
+            .iter()
+            .map(|o| o.parse().expect("valid option"))
+            .collect();
+        let config = with_options(producer_config("b:9092"), &options);
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("fetch.min.bytes"), Some("1024"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert!("linger.ms".parse::<ClientOption>().is_err());
+        assert!("=5".parse::<ClientOption>().is_err());
     }
 
     #[test]
