@@ -15,7 +15,6 @@ use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -140,9 +139,8 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         producer,
         topic: config.kafka_topic.clone(),
     };
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let listener =
+        http_kit::listen(config.listen_addr).with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "command-service listening");
     let draining = http_kit::Draining::default();
     axum::serve(

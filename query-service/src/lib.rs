@@ -22,7 +22,6 @@ use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use utoipa::OpenApi as _;
@@ -307,9 +306,8 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         kafka: producer,
         topic: config.kafka_topic.clone(),
     };
-    let listener = TcpListener::bind(config.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen_addr))?;
+    let listener =
+        http_kit::listen(config.listen_addr).with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "query-service listening");
     let draining = http_kit::Draining::default();
     axum::serve(
