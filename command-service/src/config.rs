@@ -66,11 +66,13 @@ pub struct Config {
     #[arg(long, env = "RELAY_BATCH", default_value_t = 1000)]
     pub relay_batch: i64,
 
-    /// Shortest time between the starts of two relay rounds. Each round
-    /// costs a few hundred µs of CPU across the stack whatever it carries;
-    /// this caps rounds at 1,000/N a second and adds at most N ms to the
-    /// projection lag (nothing to the first event after a quiet spell).
-    #[arg(long, env = "RELAY_ROUND_INTERVAL_MS", default_value_t = 8)]
+    /// Shortest time between the starts of two relay rounds (0: none). Each
+    /// round costs a few hundred µs of CPU across the stack whatever it
+    /// carries; N caps rounds at 1,000/N a second and adds at most N ms to
+    /// the projection lag (nothing to the first event after a quiet spell).
+    /// 8 (with KAFKA_PRODUCER_OPTIONS=linger.ms=0) cut the CPU of a create
+    /// by 10–25% at ~870 creates/s, for +4 ms of median lag.
+    #[arg(long, env = "RELAY_ROUND_INTERVAL_MS", default_value_t = 0)]
     pub relay_round_interval_ms: u64,
 
     /// Upper bound on any request's handling time.
