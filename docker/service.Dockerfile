@@ -64,7 +64,11 @@ ENTRYPOINT ["/usr/local/bin/command-service"]
 # Last stage: also what a build without --target produces.
 FROM runtime AS query-service
 COPY --from=build /out/query-service /usr/local/bin/query-service
-ENV LISTEN_ADDR=0.0.0.0:8092
+# mimalloc commits memory as it needs it rather than whole arenas at once:
+# peak RSS under 1,700 connections 130 -> 100 MB, idle 22 -> 13 MB, lookups
+# unchanged (see the query-service entry of README's "Operating it").
+ENV LISTEN_ADDR=0.0.0.0:8092 \
+    MIMALLOC_ARENA_EAGER_COMMIT=0
 EXPOSE 8092
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 CMD ["/usr/local/bin/healthcheck"]
 # `docker compose exec query-service query-service verify` runs the admin commands.
