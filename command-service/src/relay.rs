@@ -76,9 +76,9 @@ impl Relay {
     /// outbox read and delete, a Kafka produce request, the fetch it
     /// answers, a projector batch). At ~870 creates/s through the gateway
     /// an 8 ms floor cut the machine's CPU per create, end to end, by
-    /// 10–25%, for +4 ms of median projection lag; Gatling's full profile
-    /// ran with p99 395 and 489 ms paced, 1,175 ms unpaced (same session).
-    /// The first event after a quiet spell goes at once.
+    /// 10–25%, for +4 ms of median projection lag (docs/BENCHMARKS.md has
+    /// Gatling runs with and without it). The first event after a quiet
+    /// spell goes at once.
     async fn relay(&self, mut lease: OutboxLease, shutdown: &mut watch::Receiver<bool>) -> Result<(), EventStoreError> {
         let mut next_start = tokio::time::Instant::now();
         while !*shutdown.borrow() {

@@ -259,13 +259,14 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .connect_lazy_with(connect_options(&config.database_url, "query-service projector")?);
     let event_store = EventStore::new(pool(&config, &config.event_store_url, "query-service")?);
 
-    let consumer: StreamConsumer<ProjectorContext> = messaging::with_options(
-        messaging::consumer_config(&config.kafka_brokers, &config.kafka_group),
-        &config.kafka_consumer_options,
-    )
-    .set("statistics.interval.ms", "5000")
-    .create_with_context(ProjectorContext)
-    .context("cannot create the Kafka consumer")?;
+    // Statistics feed the lag gauges; the operator's options come last, so
+    // they can change any setting, this one included.
+    let mut consumer_config = messaging::consumer_config(&config.kafka_brokers, &config.kafka_group);
+    consumer_config.set("statistics.interval.ms", "5000");
+    let consumer: StreamConsumer<ProjectorContext> =
+        messaging::with_options(consumer_config, &config.kafka_consumer_options)
+            .create_with_context(ProjectorContext)
+            .context("cannot create the Kafka consumer")?;
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()
         .context("cannot create the Kafka producer")?;
