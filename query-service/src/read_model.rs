@@ -544,10 +544,15 @@ fn index_piece(term: &str) -> Option<&str> {
 /// Live warriors whose name contains `$2`, at most [`PAGE`]: through the
 /// trigram index with `$1` an escaped [`index_piece`] of it, else (`$1` the
 /// term again) by a scan, which is skipped (a one-time filter) when the
-/// term holds a character no name has.
+/// term holds a character no name has. Indexed candidates are checked
+/// against the whole term in `warrior_names` before the join, so one that
+/// holds the piece but not the term costs no lookup in `warriors` (a 3-letter
+/// piece had ~2,000 candidates in 224k names: 9.7 → 3.1 ms); the check on
+/// `warriors` keeps the answer true to the current row.
 fn name_query(indexed: bool) -> String {
     let candidates = if indexed {
-        "warrior_names n JOIN warriors w USING (id) WHERE n.search_text LIKE '%' || lower($1) || '%'"
+        "warrior_names n JOIN warriors w USING (id) WHERE n.search_text LIKE '%' || lower($1) || '%'
+           AND strpos(n.search_text, lower($2)) > 0"
     } else {
         "warriors w WHERE NOT EXISTS (SELECT FROM string_to_table(lower($1), NULL) AS c
                                       WHERE NOT EXISTS (SELECT FROM name_characters WHERE ch = c))"

@@ -92,6 +92,38 @@ async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
 }
 
 #[tokio::test]
+async fn search_follows_a_rename() {
+    let stack = Stack::from_env();
+    let (old, new) = (
+        uuid::Uuid::new_v4().simple().to_string(),
+        uuid::Uuid::new_v4().simple().to_string(),
+    );
+    let created = stack
+        .create(&json!({"name": format!("Before {old}"), "dob": "1600-01-01", "fight_skills": null}))
+        .await;
+    poll_until(Duration::from_secs(5), "search to find the first name", || async {
+        let hits: Vec<Value> = stack.search(&old).await.json().await.ok()?;
+        (hits == vec![created.clone()]).then_some(())
+    })
+    .await;
+    let put = stack
+        .http
+        .put(stack.at(&format!("/warrior/{}", created["id"].as_str().expect("id"))))
+        .json(&json!({"name": format!("After {new}"), "dob": "1600-01-01", "fight_skills": null}))
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(put.status(), 200);
+    let renamed: Value = put.json().await.expect("JSON");
+    poll_until(Duration::from_secs(5), "search to find the new name only", || async {
+        let by_new: Vec<Value> = stack.search(&new).await.json().await.ok()?;
+        let by_old: Vec<Value> = stack.search(&old).await.json().await.ok()?;
+        (by_new == vec![renamed.clone()] && by_old.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn search_answers_any_term_with_matches_only() {
     let stack = Stack::from_env();
     for term in ["!!!!", "ø", "\u{83}", "a b", "ab", "x-", "%", "_a_", "û", "🍕", "judo"] {
