@@ -170,7 +170,8 @@ impl ReadModel {
     /// matching skill are found through the array index. Names are found
     /// through the trigram index of `warrior_names` (kept by the indexer,
     /// so a name shows up there a moment after its row), queried with only
-    /// an [`index_piece`] of the term: a GIN lookup costs about one posting
+    /// an [`index_piece`] of the term (or a short term whole, see
+    /// [`index_pattern`]): a GIN lookup costs about one posting
     /// list per trigram, so a 50-letter term cost 2 ms where 8 of its
     /// letters, already selective, cost 0.2 ms. The whole term is then
     /// checked against the current row, which also drops index entries of
@@ -548,11 +549,10 @@ fn index_piece(term: &str) -> Option<&str> {
 
 /// What to look up in the trigram index for `term`: its [`index_piece`], or
 /// the whole term when that piece is short ([`SHORT_PIECE_CHARS`]) and the
-/// term is too. The other
-/// words narrow what a short piece alone leaves to recheck: 't lov' had
-/// 2,010 candidates by "lov", 146 as a whole (6.1 → 1.4 ms); 'ch cs ad'
-/// 3,588 by "ch ", none as a whole. ASCII only, so that every word keeps
-/// the padding that gave the piece its trigrams.
+/// term is too. The other words narrow what a short piece alone leaves to
+/// recheck: 't lov' had 2,010 candidates by "lov", 146 as a whole (6.1 →
+/// 1.4 ms); 'ch cs ad' 3,588 by "ch ", none as a whole. ASCII only, so that
+/// every word keeps the padding that gave the piece its trigrams.
 fn index_pattern<'a>(term: &'a str, piece: &'a str) -> &'a str {
     if piece.len() <= SHORT_PIECE_CHARS && term.len() <= 2 * INDEX_PIECE_CHARS && term.is_ascii() {
         term
