@@ -39,7 +39,12 @@ use crate::read_model::{Lookup, ReadModel};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/readmodel");
 
 /// Batched lookup queries in flight at once, per database, and their size.
-const LOOKUP_WORKERS: usize = 2;
+/// One: a second worker took whatever single request arrived while the first
+/// batch was out, so under load half the queries carried one id (mean batch
+/// 10); with one, batches hold what queued during the previous round trip
+/// (64 connections: 27k lookups/s and p99 4.2 ms vs 19–24k and 5.2–6.4 ms,
+/// with less CPU).
+const LOOKUP_WORKERS: usize = 1;
 const LOOKUP_MAX_BATCH: usize = 256;
 
 /// How often a read-your-writes waiter re-reads without a local signal (for
