@@ -166,6 +166,29 @@ def wrk(url, connections, seconds, lua):
     }
 
 
+def machine_busy_seconds():
+    """CPU seconds all cores spent neither idle nor waiting for I/O, since
+    boot: cores × uptime − idle − iowait. Not the sum of /proc/stat's busy
+    fields: on a tickless VM (this one) those miss ticks, idle time does not."""
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return os.cpu_count() * uptime - (fields[3] + fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(threshold=0.15, seconds=60):
+    """Waits (bounded) until the machine is mostly idle over a second:
+    autovacuum, a checkpoint or an index merge left by the previous step
+    would be billed to the next one otherwise. Returns the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() < started + seconds:
+        before = machine_busy_seconds()
+        time.sleep(1)
+        if (machine_busy_seconds() - before) / os.cpu_count() < threshold:
+            return time.monotonic() - started
+    print("warning: the machine did not become quiet", flush=True)
+    return time.monotonic() - started
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 

@@ -120,15 +120,6 @@ def pss_kb(pid):
     return None
 
 
-def machine_busy_seconds():
-    """CPU seconds all cores spent neither idle nor waiting for I/O, since
-    boot: cores × uptime − idle − iowait. Not the sum of /proc/stat's busy
-    fields: on a tickless VM (this one) those miss ticks, idle time does not."""
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return os.cpu_count() * uptime - (fields[3] + fields[4]) / CLK
-
-
 def stack_parts():
     """{part: pid} from .state/pids, parts that run."""
     parts = {}
@@ -215,7 +206,7 @@ class Sampler(threading.Thread):
             self.pss_sweeps += 1
             self.pss_cost += cost
             self.pss_due = now + max(self.interval, cost / self.PSS_BUDGET) - 0.05
-        self.ticks.append((now, cpu, machine_busy_seconds()))
+        self.ticks.append((now, cpu, benchlib.machine_busy_seconds()))
 
     def pss_interval(self):
         """Average seconds between two Pss sweeps."""

@@ -74,24 +74,7 @@ def snapshot():
         part = classify(pid, comm, args, parents)
         if part:
             parts[part] += cpu
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    busy = (sum(fields) - fields[3] - fields[4]) / TICKS
-    return parts, busy
-
-
-def wait_quiet(threshold=0.15, seconds=60):
-    """Waits (bounded) until the machine is mostly idle over a second:
-    autovacuum or a checkpoint after the previous step would be billed to
-    the next one otherwise."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        _, busy_before = snapshot()
-        time.sleep(1)
-        _, busy_after = snapshot()
-        if (busy_after - busy_before) / os.cpu_count() < threshold:
-            return
-    print("warning: the machine did not become quiet", flush=True)
+    return parts, benchlib.machine_busy_seconds()
 
 
 def diff(before, after):
@@ -129,7 +112,7 @@ def main():
     rows = []
     for name, url, lua in requests_of(env, args.close, args.delay_ms):
         bench_reads.wait_caught_up(env)
-        wait_quiet()
+        benchlib.wait_quiet()
         before = snapshot()
         figures = wrk_all(url, args.connections, args.seconds, lua)
         if name == "create":
