@@ -79,8 +79,8 @@ def wait_caught_up(env, seconds=300):
     """Waits until nothing is waiting in the outbox, on Kafka or for the
     search indexer, so a measurement never starts in the middle of the
     projection's backlog. (Right after loading 150k warriors the indexer
-    still had ~60k names to merge for ~30 s, and lookups measured then ran
-    at 6–13k/s instead of ~20k: the database was busy with the merge.)"""
+    still had ~60k names to merge, which took 0.6 of a core from the first
+    lookups.)"""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         pending = metric_total(env["COMMAND_URL"], "relay_lag_events") + metric_total(env["QUERY_URL"], "projector_lag_events")

@@ -24,7 +24,6 @@ between requests (16 connections with 15 ms ≈ 1,000 requests a second).
 import argparse
 import os
 import tempfile
-import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path

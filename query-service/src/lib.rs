@@ -249,11 +249,12 @@ pub async fn run_verify(config: Config, wait: Duration) -> anyhow::Result<bool> 
 /// Connects, migrates, starts the projector, and serves until a shutdown
 /// signal; then drains requests and stops the projector between batches.
 pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
-    let read_pool = lookup_pool(&config, &config.database_url, "query-service")?;
+    // Migrations (whole-table statements) plan as PostgreSQL likes, not as lookups do.
     MIGRATOR
-        .run(&read_pool)
+        .run(&pool(&config, &config.database_url, "query-service migrations")?)
         .await
         .context("cannot migrate the read model")?;
+    let read_pool = lookup_pool(&config, &config.database_url, "query-service")?;
     let search_options = connect_options(&config.database_url, "query-service search")?;
     let search_pool = PgPoolOptions::new()
         .max_connections(config.search_max_connections)
