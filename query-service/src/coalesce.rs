@@ -3,10 +3,11 @@
 //! Every `GET /warrior/{id}` reads one row of the read model and one stream
 //! head of the event store. Sent one by one, each costs a round trip, a
 //! pooled connection and a statement on each side; under a burst the pools
-//! ran dry and requests timed out waiting for a connection. Here a few
-//! worker tasks take whatever requests are queued (up to `max_batch`) and
-//! answer them all with one `= ANY($1)` query. Idle, a lone request goes out
-//! at once; under load batches grow and the cost per read falls, the same
+//! ran dry and requests timed out waiting for a connection. Here worker
+//! tasks (the service runs one per database: a second mostly sent one-id
+//! batches) take whatever requests are queued (up to `max_batch`) and answer
+//! them all with one `= ANY($1)` query. Idle, a lone request goes out at
+//! once; under load batches grow and the cost per read falls, the same
 //! trade as the command side's group commit.
 
 use std::collections::{HashMap, HashSet};
