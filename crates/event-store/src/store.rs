@@ -232,12 +232,21 @@ impl EventStore {
             .await?)
     }
 
-    /// Events committed but not yet acknowledged by Kafka, and the age in
-    /// seconds of the oldest of them (0 when none).
+    /// How far the relay is behind: the span of positions waiting in the
+    /// outbox (an upper bound of the events committed but not yet on Kafka:
+    /// a refused append leaves a gap in the positions) and the age in
+    /// seconds of the first event in line (both 0 when none wait).
+    ///
+    /// Runs every few seconds in every instance, also while the relay is far
+    /// behind (Kafka down), so it reads only the ends of two indexes: an
+    /// exact count of a million queued rows took a parallel scan every time
+    /// (joined to `events` as it once was, a fifth of the machine).
     pub async fn outbox_lag(&self) -> Result<(i64, f64), EventStoreError> {
         Ok(sqlx::query_as(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(occurred_at))::float8, 0)
-             FROM outbox JOIN events USING (position)",
+            "WITH ends AS (SELECT min(position) AS first, max(position) AS last FROM outbox)
+             SELECT COALESCE(last - first + 1, 0),
+                    COALESCE(EXTRACT(EPOCH FROM now() - (SELECT occurred_at FROM events WHERE position = first))::float8, 0)
+             FROM ends",
         )
         .fetch_one(&self.pool)
         .await?)

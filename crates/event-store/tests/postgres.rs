@@ -166,3 +166,24 @@ async fn a_late_commit_with_a_lower_position_is_still_relayed(pool: PgPool) {
         "the late event has the lower position"
     );
 }
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn outbox_lag_spans_the_waiting_events_and_is_zero_once_all_are_acknowledged(pool: PgPool) {
+    let store = EventStore::new(pool);
+    assert_eq!(store.outbox_lag().await.expect("lag"), (0, 0.0));
+    let id = Uuid::new_v4();
+    for version in 1..=3 {
+        store.append_batch(&[event(id, version)]).await.expect("append");
+    }
+    let (waiting, age) = store.outbox_lag().await.expect("lag");
+    assert_eq!(waiting, 3);
+    assert!(age >= 0.0, "age of the first in line: {age}");
+
+    let mut lease = store.try_lease_outbox().await.expect("db").expect("lease");
+    let batch = lease.next_batch(10).await.expect("outbox");
+    lease.acknowledge(&[batch[0].position]).await.expect("ack");
+    assert_eq!(store.outbox_lag().await.expect("lag").0, 2);
+    let rest: Vec<i64> = batch[1..].iter().map(|e| e.position).collect();
+    lease.acknowledge(&rest).await.expect("ack");
+    assert_eq!(store.outbox_lag().await.expect("lag"), (0, 0.0));
+}
