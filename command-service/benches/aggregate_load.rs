@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         store.clone(),
         GroupCommitConfig::default(),
         Arc::new(Notify::new()),
-        |_| {},
+        |_, _| {},
     );
     let with_snapshots = Commands::new(store.clone(), Appender::Grouped(writer.clone()), SNAPSHOT_EVERY);
     let without_snapshots = Commands::new(store, Appender::Grouped(writer), 0);

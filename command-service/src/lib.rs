@@ -102,8 +102,9 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
             max_batch: config.append_max_batch,
             ..GroupCommitConfig::default()
         };
-        let (writer, task) = GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |size| {
+        let (writer, task) = GroupCommitter::spawn(store.clone(), group_commit, committed.clone(), |size, took| {
             metrics::histogram!("append_batch_size").record(size as f64);
+            metrics::histogram!("append_batch_seconds").record(took.as_secs_f64());
         });
         (Appender::Grouped(writer), Some(task))
     } else {

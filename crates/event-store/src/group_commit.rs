@@ -79,12 +79,13 @@ pub struct GroupCommitter {
 impl GroupCommitter {
     /// Starts the writer. `committed` is notified after every batch that
     /// committed at least one event (the outbox relay waits on it).
-    /// `on_batch` sees every batch size, for metrics.
+    /// `on_batch` sees every batch's size and how long its append took, for
+    /// metrics.
     pub fn spawn(
         store: EventStore,
         config: GroupCommitConfig,
         committed: Arc<Notify>,
-        on_batch: impl Fn(usize) + Send + 'static,
+        on_batch: impl Fn(usize, Duration) + Send + 'static,
     ) -> (Self, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(config.queue_capacity.max(1));
         let handle = tokio::spawn(run_writer(store, config.max_batch.max(1), rx, committed, on_batch));
@@ -107,7 +108,7 @@ async fn run_writer(
     max_batch: usize,
     mut rx: mpsc::Receiver<(NewEvent, Reply)>,
     committed: Arc<Notify>,
-    on_batch: impl Fn(usize),
+    on_batch: impl Fn(usize, Duration),
 ) {
     let mut events = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
@@ -120,8 +121,10 @@ async fn run_writer(
             events.push(event);
             replies.push(reply);
         }
-        on_batch(events.len());
-        match append_held(&store, &mut held, &events).await {
+        let started = Instant::now();
+        let result = append_held(&store, &mut held, &events).await;
+        on_batch(events.len(), started.elapsed());
+        match result {
             Ok(outcomes) => {
                 if outcomes.iter().any(|o| matches!(o, AppendOutcome::Committed { .. })) {
                     committed.notify_one();

@@ -57,7 +57,7 @@ async fn of_fifty_concurrent_appends_at_one_version_exactly_one_commits(pool: Pg
         store.clone(),
         GroupCommitConfig::default(),
         Arc::new(Notify::new()),
-        |_| {},
+        |_, _| {},
     );
     let outcomes = join_all((0..50).map(|_| writer.append(event(id, 2)))).await;
     let wins = outcomes
@@ -77,7 +77,7 @@ async fn concurrent_appends_are_grouped_into_batches(pool: PgPool) {
         store.clone(),
         GroupCommitConfig::default(),
         Arc::new(Notify::new()),
-        move |n| {
+        move |n, _| {
             seen.fetch_max(n, Ordering::Relaxed);
         },
     );
@@ -98,7 +98,7 @@ async fn with_batching_off_every_append_is_its_own_batch(pool: PgPool) {
         max_batch: 1,
         ..GroupCommitConfig::default()
     };
-    let (writer, _task) = GroupCommitter::spawn(store, config, Arc::new(Notify::new()), move |n| {
+    let (writer, _task) = GroupCommitter::spawn(store, config, Arc::new(Notify::new()), move |n, _| {
         seen.fetch_max(n, Ordering::Relaxed);
     });
     join_all((0..50).map(|_| writer.append(event(Uuid::new_v4(), 1)))).await;
