@@ -14,7 +14,7 @@ use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -80,7 +80,7 @@ pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Route
 /// Connects, migrates, starts the writer and the relay, and serves until a
 /// shutdown signal; then drains requests and stops the relay cleanly.
 pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
-    let pool = PgPoolOptions::new()
+    let pool = http_kit::pool_options()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
         .connect_lazy_with(

@@ -20,7 +20,7 @@ use event_store::{EventStore, EventStoreError};
 use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -205,7 +205,7 @@ fn lookup_pool(config: &Config, url: &str, name: &str) -> anyhow::Result<PgPool>
 }
 
 fn pool_of(config: &Config, options: PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
+    http_kit::pool_options()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
         .connect_lazy_with(options)
@@ -256,7 +256,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .context("cannot migrate the read model")?;
     let read_pool = lookup_pool(&config, &config.database_url, "query-service")?;
     let search_options = connect_options(&config.database_url, "query-service search")?;
-    let search_pool = PgPoolOptions::new()
+    let search_pool = http_kit::pool_options()
         .max_connections(config.search_max_connections)
         .acquire_timeout(Duration::from_millis(config.search_queue_timeout_ms))
         // Generic plans only, without sequential scans. A plan made for the
@@ -276,7 +276,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     // their own: under load the projector must never queue behind lookups
     // for the shared pool (it did, fell behind, and read-your-writes lookups
     // then waited on it).
-    let projector_pool = PgPoolOptions::new()
+    let projector_pool = http_kit::pool_options()
         .max_connections(2)
         .acquire_timeout(config.database_timeout())
         .connect_lazy_with(connect_options(&config.database_url, "query-service projector")?);

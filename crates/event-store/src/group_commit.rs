@@ -9,17 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
-use sqlx::Postgres;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use crate::store::append_batch_on;
 use crate::{AppendOutcome, EventStore, EventStoreError, NewEvent};
-
-/// How long the writer keeps an idle connection before handing it back to
-/// the pool (whose acquire pings it, catching a database restart).
-const HOLD_IDLE: Duration = Duration::from_secs(1);
 
 /// Tuning of the writer.
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +106,6 @@ async fn run_writer(
     let mut events = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
     let mut pending = Vec::with_capacity(max_batch);
-    let mut held = None;
     // recv_many waits for at least one item, then takes whatever else is
     // already queued: exactly the "flush at once when nothing else waits" rule.
     while rx.recv_many(&mut pending, max_batch).await > 0 {
@@ -122,7 +114,7 @@ async fn run_writer(
             replies.push(reply);
         }
         let started = Instant::now();
-        let result = append_held(&store, &mut held, &events).await;
+        let result = store.append_batch(&events).await;
         on_batch(events.len(), started.elapsed());
         match result {
             Ok(outcomes) => {
@@ -143,29 +135,4 @@ async fn run_writer(
         }
         events.clear();
     }
-}
-
-/// Appends on the connection the writer holds between batches. Taking one
-/// from the pool for each batch cost a ping round trip (the pool's check
-/// before acquire) on the writer's serial path, where every round trip
-/// delays every waiting append. A connection that failed, or sat idle for
-/// [`HOLD_IDLE`], goes back to the pool and is checked there.
-async fn append_held(
-    store: &EventStore,
-    held: &mut Option<(PoolConnection<Postgres>, Instant)>,
-    events: &[NewEvent],
-) -> Result<Vec<AppendOutcome>, EventStoreError> {
-    if held.as_ref().is_some_and(|(_, used)| used.elapsed() > HOLD_IDLE) {
-        *held = None;
-    }
-    let (conn, used) = match held {
-        Some(entry) => entry,
-        None => held.insert((store.pool().acquire().await?, Instant::now())),
-    };
-    let outcome = append_batch_on(conn, events).await;
-    match outcome {
-        Ok(_) => *used = Instant::now(),
-        Err(_) => *held = None,
-    }
-    outcome
 }

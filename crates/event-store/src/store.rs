@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, PgPool};
+use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::EventStoreError;
@@ -82,9 +82,56 @@ impl EventStore {
     /// the committed events in the outbox. A conflicting event is skipped and
     /// reported; it never fails the others.
     pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>, EventStoreError> {
-        let mut conn = self.pool.acquire().await?;
-        append_batch_on(&mut conn, events).await
+        let mut event_ids = Vec::with_capacity(events.len());
+        let mut aggregate_ids = Vec::with_capacity(events.len());
+        let mut versions = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut schema_versions = Vec::with_capacity(events.len());
+        let mut data = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        for e in events {
+            event_ids.push(e.event_id);
+            aggregate_ids.push(e.aggregate_id);
+            versions.push(e.version);
+            types.push(e.event_type.as_str());
+            schema_versions.push(e.schema_version);
+            data.push(&e.data);
+            metadata.push(&e.metadata);
+        }
+        let rows: Vec<(Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
+            "WITH inserted AS (
+                 INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data, metadata)
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_id, position, occurred_at
+             ), queued AS (
+                 INSERT INTO outbox (position) SELECT position FROM inserted
+             )
+             SELECT event_id, position, occurred_at FROM inserted",
+        )
+        .bind(&event_ids)
+        .bind(&aggregate_ids)
+        .bind(&versions)
+        .bind(&types)
+        .bind(&schema_versions)
+        .bind(&data)
+        .bind(&metadata)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let committed: HashMap<Uuid, (i64, DateTime<Utc>)> = rows
+            .into_iter()
+            .map(|(id, position, at)| (id, (position, at)))
+            .collect();
+        Ok(events
+            .iter()
+            .map(|e| match committed.get(&e.event_id) {
+                Some(&(position, occurred_at)) => AppendOutcome::Committed { position, occurred_at },
+                None => AppendOutcome::Conflict,
+            })
+            .collect())
     }
+
     /// All events of one stream, in version order.
     pub async fn read_stream(&self, aggregate_id: Uuid) -> Result<Vec<StoredEvent>, EventStoreError> {
         self.read_stream_after(aggregate_id, 0).await
@@ -208,60 +255,4 @@ impl EventStore {
     pub(crate) fn event_columns() -> &'static str {
         EVENT_COLUMNS
     }
-}
-
-/// [`EventStore::append_batch`] on a connection the caller holds (the
-/// group-commit writer keeps one between batches).
-pub(crate) async fn append_batch_on(
-    conn: &mut PgConnection,
-    events: &[NewEvent],
-) -> Result<Vec<AppendOutcome>, EventStoreError> {
-    let mut event_ids = Vec::with_capacity(events.len());
-    let mut aggregate_ids = Vec::with_capacity(events.len());
-    let mut versions = Vec::with_capacity(events.len());
-    let mut types = Vec::with_capacity(events.len());
-    let mut schema_versions = Vec::with_capacity(events.len());
-    let mut data = Vec::with_capacity(events.len());
-    let mut metadata = Vec::with_capacity(events.len());
-    for e in events {
-        event_ids.push(e.event_id);
-        aggregate_ids.push(e.aggregate_id);
-        versions.push(e.version);
-        types.push(e.event_type.as_str());
-        schema_versions.push(e.schema_version);
-        data.push(&e.data);
-        metadata.push(&e.metadata);
-    }
-    let rows: Vec<(Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
-            "WITH inserted AS (
-                 INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data, metadata)
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[], $7::jsonb[])
-                 ON CONFLICT DO NOTHING
-                 RETURNING event_id, position, occurred_at
-             ), queued AS (
-                 INSERT INTO outbox (position) SELECT position FROM inserted
-             )
-             SELECT event_id, position, occurred_at FROM inserted",
-        )
-        .bind(&event_ids)
-        .bind(&aggregate_ids)
-        .bind(&versions)
-        .bind(&types)
-        .bind(&schema_versions)
-        .bind(&data)
-        .bind(&metadata)
-        .fetch_all(conn)
-        .await?;
-
-    let committed: HashMap<Uuid, (i64, DateTime<Utc>)> = rows
-        .into_iter()
-        .map(|(id, position, at)| (id, (position, at)))
-        .collect();
-    Ok(events
-        .iter()
-        .map(|e| match committed.get(&e.event_id) {
-            Some(&(position, occurred_at)) => AppendOutcome::Committed { position, occurred_at },
-            None => AppendOutcome::Conflict,
-        })
-        .collect())
 }

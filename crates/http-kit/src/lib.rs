@@ -1,8 +1,10 @@
 //! HTTP building blocks both services share, so they answer, log and stop the
 //! same way: problem+json errors, a JSON body extractor with the contract's
-//! 413/415 rules, request ids, tracing set-up and graceful shutdown.
+//! 413/415 rules, request ids, tracing set-up and graceful shutdown; and the
+//! PostgreSQL pool settings they start from.
 
 mod body;
+mod db;
 mod drain;
 pub mod extract;
 pub mod health;
@@ -13,6 +15,7 @@ mod problem;
 mod telemetry;
 
 pub use body::{JsonBody, MAX_BODY_BYTES};
+pub use db::{pool_options, CHECK_IDLE_AFTER};
 pub use drain::{Draining, DRAIN_DELAY};
 pub use health::{Health, Readiness};
 pub use listen::{listen, LISTEN_BACKLOG};
