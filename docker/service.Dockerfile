@@ -52,7 +52,11 @@ COPY --chmod=0755 docker/healthcheck.sh /usr/local/bin/healthcheck
 USER 10001:10001
 # Settings come from the environment only (`<service> --help` lists them);
 # inside a container the service must listen on every interface.
-ENV RUST_LOG=info
+# mimalloc (both services) commits memory as it needs it rather than whole
+# arenas at once: query-service's peak RSS under 1,700 connections 130 ->
+# 100 MB, idle 22 -> 13 MB, lookups unchanged.
+ENV RUST_LOG=info \
+    MIMALLOC_ARENA_EAGER_COMMIT=0
 
 FROM runtime AS command-service
 COPY --from=build /out/command-service /usr/local/bin/command-service
@@ -64,11 +68,7 @@ ENTRYPOINT ["/usr/local/bin/command-service"]
 # Last stage: also what a build without --target produces.
 FROM runtime AS query-service
 COPY --from=build /out/query-service /usr/local/bin/query-service
-# mimalloc commits memory as it needs it rather than whole arenas at once:
-# peak RSS under 1,700 connections 130 -> 100 MB, idle 22 -> 13 MB, lookups
-# unchanged (see the query-service entry of README's "Operating it").
-ENV LISTEN_ADDR=0.0.0.0:8092 \
-    MIMALLOC_ARENA_EAGER_COMMIT=0
+ENV LISTEN_ADDR=0.0.0.0:8092
 EXPOSE 8092
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 CMD ["/usr/local/bin/healthcheck"]
 # `docker compose exec query-service query-service verify` runs the admin commands.

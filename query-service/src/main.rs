@@ -7,8 +7,6 @@ use query_service::config::{Cli, Command};
 /// glibc's allocator was ~20% of query-service's CPU under lookups
 /// (perf: malloc, free and consolidation); mimalloc is built for many
 /// small, short-lived, cross-thread allocations like a request's.
-/// (command-service keeps glibc's: with mimalloc its peak RSS at the
-/// Gatling peak rose from 77–89 MB to 116–131 MB, for no measured gain.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
