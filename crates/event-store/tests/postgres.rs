@@ -187,3 +187,23 @@ async fn outbox_lag_spans_the_waiting_events_and_is_zero_once_all_are_acknowledg
     lease.acknowledge(&rest).await.expect("ack");
     assert_eq!(store.outbox_lag().await.expect("lag"), (0, 0.0));
 }
+
+/// Only the stream version is an arbiter of the append: a reused event id
+/// (no command produces one) fails the whole batch and commits nothing.
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_reused_event_id_fails_the_whole_batch(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let first = event(Uuid::new_v4(), 1);
+    store.append_batch(std::slice::from_ref(&first)).await.expect("append");
+    let reused = NewEvent {
+        aggregate_id: Uuid::new_v4(),
+        ..first.clone()
+    };
+    let bystander = event(Uuid::new_v4(), 1);
+    assert!(store.append_batch(&[reused, bystander.clone()]).await.is_err());
+    assert!(store
+        .read_stream(bystander.aggregate_id)
+        .await
+        .expect("read")
+        .is_empty());
+}
