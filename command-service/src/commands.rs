@@ -269,8 +269,8 @@ pub fn today() -> chrono::NaiveDate {
 /// unique indexes on `event_id` and `(aggregate_id, version)`, and the read
 /// model's primary key, grow at one end: with random (v4) ids each append
 /// touched a random leaf page of each index, and once the indexes outgrew
-/// shared buffers every append read and evicted pages (half of the event
-/// store's CPU per batch at 5M events).
+/// shared buffers every append read and evicted pages (a third of the
+/// event store's CPU per batch at 5M events, in index probes).
 fn new_key() -> Uuid {
     Uuid::now_v7()
 }

@@ -15,7 +15,7 @@ mod problem;
 mod telemetry;
 
 pub use body::{JsonBody, MAX_BODY_BYTES};
-pub use db::{pool_options, CHECK_IDLE_AFTER};
+pub use db::pool_options;
 pub use drain::{Draining, DRAIN_DELAY};
 pub use health::{Health, Readiness};
 pub use listen::{listen, LISTEN_BACKLOG};
