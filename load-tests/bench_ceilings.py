@@ -109,7 +109,7 @@ def main():
                                                        args.connections, args.seconds, GET_ROOT))
                 marker = f"ceil{uuid.uuid4().hex[:8]}"
                 created = benchlib.wrk(gateway + "/warrior", args.connections, args.seconds,
-                                       benchlib.random_create_lua(marker + " "))
+                                       benchlib.random_create_lua(marker + " ", pool=8192))
                 expected = int(created["rps"] * args.seconds * 0.9)
                 created["lag_p99"] = creates_lag(env, marker, expected)
                 results["creates"].append(created)

@@ -18,7 +18,7 @@ import argparse
 
 import benchlib
 
-POST = benchlib.random_create_lua()
+POST = benchlib.random_create_lua(pool=8192)
 
 MODES = {"group commit": "true", "one transaction per create": "false"}
 
