@@ -15,7 +15,9 @@ Once the projection has settled (`query-service verify`), the checks:
   verify      `query-service verify` reports no drift;
   expected    what must hold *during* this fault, e.g. no failed write while
               Kafka or the read model is down, and writes that fail fast
-              (under --fail-fast-ms) while the event store is down.
+              (under --fail-fast-ms) while the event store is down; and for
+              every fault, a projection that settles within --settle-max
+              seconds of the load's end.
 
 Prints one table row per fault and exits non-zero if any check failed.
 
@@ -341,6 +343,8 @@ def run_fault(fault, env, args, run_id):
         expectations.append(f"a failed write took {outcome.slowest_failed_write_ms:.0f} ms")
     if recovery_s == float("inf"):
         expectations.append("writes did not recover")
+    if settle_s > args.settle_max:
+        expectations.append(f"the projection settled {settle_s:.0f} s after the load (limit {args.settle_max} s)")
     passed = lost == 0 and duplicates == 0 and count_ok and verify_ok and not expectations
     return {
         "fault": fault.description,
@@ -374,6 +378,9 @@ def main():
                         help="slowest acceptable failed write while the event store is down")
     parser.add_argument("--request-timeout", type=float, default=15)
     parser.add_argument("--verify-wait", type=int, default=120, help="seconds to wait for the projection to settle")
+    parser.add_argument("--settle-max", type=float, default=20,
+                        help="seconds within which the projection must settle after the load, or the fault fails "
+                             "(a consumer that paused per queued error once took 30-120 s after a Kafka restart)")
     args = parser.parse_args()
     if args.quick:
         args.before, args.outage, args.after = 2, 5, 2
