@@ -41,9 +41,9 @@ pub struct Config {
     pub kafka_topic: String,
 
     /// librdkafka properties of the relay's producer, over the built-in
-    /// ones: comma-separated key=value (e.g. `linger.ms=5`).
-    #[arg(long, env = "KAFKA_PRODUCER_OPTIONS", value_delimiter = ',')]
-    pub kafka_producer_options: Vec<messaging::ClientOption>,
+    /// ones: `key=value,key=value` (e.g. `linger.ms=5,debug=msg,broker`).
+    #[arg(long, env = "KAFKA_PRODUCER_OPTIONS", default_value = "")]
+    pub kafka_producer_options: messaging::ClientOptions,
 
     /// Group concurrent appends into one statement. Off: every append is its
     /// own statement and transaction (the baseline of the benchmarks).

@@ -93,9 +93,9 @@ pub struct Config {
     pub kafka_group: String,
 
     /// librdkafka properties of the projector's consumer, over the built-in
-    /// ones: comma-separated key=value (e.g. `fetch.wait.max.ms=5`).
-    #[arg(long, env = "KAFKA_CONSUMER_OPTIONS", value_delimiter = ',', global = true)]
-    pub kafka_consumer_options: Vec<messaging::ClientOption>,
+    /// ones: `key=value,key=value` (e.g. `fetch.wait.max.ms=5,debug=cgrp,fetch`).
+    #[arg(long, env = "KAFKA_CONSUMER_OPTIONS", default_value = "", global = true)]
+    pub kafka_consumer_options: messaging::ClientOptions,
 
     /// Most events applied in one read-model transaction.
     #[arg(long, env = "PROJECTOR_BATCH", default_value_t = 500, global = true)]

@@ -88,40 +88,46 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     config
 }
 
-/// One librdkafka property set by the operator (`key=value`), applied over
-/// the defaults above: batching and polling trade latency for CPU, and the
-/// right point depends on the deployment (README, "Operating it").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientOption {
-    pub key: String,
-    pub value: String,
-}
+/// librdkafka properties set by the operator, applied over the defaults
+/// above: batching and polling trade latency for CPU, and the right point
+/// depends on the deployment (README, "Operating it"). Written as
+/// `key=value,key=value`; a comma not followed by a `key=` continues the
+/// value, so list-valued properties such as `debug=cgrp,fetch` pass whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientOptions(Vec<(String, String)>);
 
-/// Why a `key=value` option was refused.
+/// Why the operator's options were refused.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("expected a librdkafka property as key=value, got {0:?}")]
-pub struct ClientOptionError(String);
+#[error("expected librdkafka properties as key=value,key=value; {0:?} has no key")]
+pub struct ClientOptionsError(String);
 
-impl std::str::FromStr for ClientOption {
-    type Err = ClientOptionError;
+impl std::str::FromStr for ClientOptions {
+    type Err = ClientOptionsError;
 
-    fn from_str(option: &str) -> Result<Self, Self::Err> {
-        match option.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Ok(Self {
-                key: key.trim().to_owned(),
-                value: value.trim().to_owned(),
-            }),
-            _ => Err(ClientOptionError(option.to_owned())),
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut options: Vec<(String, String)> = Vec::new();
+        for piece in text.split(',').filter(|piece| !piece.trim().is_empty()) {
+            match (piece.split_once('='), options.last_mut()) {
+                (Some((key, value)), _) if !key.trim().is_empty() => {
+                    options.push((key.trim().to_owned(), value.trim().to_owned()));
+                }
+                (None, Some((_, value))) => {
+                    value.push(',');
+                    value.push_str(piece.trim());
+                }
+                _ => return Err(ClientOptionsError(piece.to_owned())),
+            }
         }
+        Ok(Self(options))
     }
 }
 
 /// Applies operator options over a configuration (later ones win).
 /// librdkafka validates them when the client is created, so an unknown
 /// property or a bad value stops the service at start with its message.
-pub fn with_options(mut config: ClientConfig, options: &[ClientOption]) -> ClientConfig {
-    for option in options {
-        config.set(&option.key, &option.value);
+pub fn with_options(mut config: ClientConfig, options: &ClientOptions) -> ClientConfig {
+    for (key, value) in &options.0 {
+        config.set(key, value);
     }
     config
 }
@@ -182,16 +188,17 @@ mod tests {
 
     #[test]
     fn options_are_key_value_pairs_applied_over_the_defaults() {
-        let options: Vec<ClientOption> = ["linger.ms=5", " fetch.min.bytes = 1024 "]
-            .iter()
-            .map(|o| o.parse().expect("valid option"))
-            .collect();
+        let options: ClientOptions = "linger.ms=5, fetch.min.bytes = 1024 ,debug=cgrp,fetch"
+            .parse()
+            .expect("valid");
         let config = with_options(producer_config("b:9092"), &options);
         assert_eq!(config.get("linger.ms"), Some("5"));
         assert_eq!(config.get("fetch.min.bytes"), Some("1024"));
+        assert_eq!(config.get("debug"), Some("cgrp,fetch"));
         assert_eq!(config.get("acks"), Some("all"));
-        assert!("linger.ms".parse::<ClientOption>().is_err());
-        assert!("=5".parse::<ClientOption>().is_err());
+        assert_eq!("".parse::<ClientOptions>(), Ok(ClientOptions::default()));
+        assert!("linger.ms".parse::<ClientOptions>().is_err());
+        assert!("=5".parse::<ClientOptions>().is_err());
     }
 
     #[test]
