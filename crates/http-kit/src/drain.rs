@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
+use axum::routing::IntoMakeService;
 use axum::serve::Listener;
 use axum::{middleware, Router};
 use futures::FutureExt;
@@ -66,10 +67,16 @@ impl Draining {
         })
     }
 
-    /// Adds `Connection: close` to every response once draining.
-    pub fn apply(&self, router: Router) -> Router {
+    /// Adds `Connection: close` to every response once draining, and
+    /// prepares the router once for serving. Given a bare `Router`,
+    /// `axum::serve` rebuilds it for every connection (`with_state(())`
+    /// clones every route and turns handlers added after the state into
+    /// routes again), paid by every client that does not keep its
+    /// connection: query-service answering one request per connection
+    /// used 144-170 µs of CPU per request that way, 125 µs with this.
+    pub fn apply(&self, router: Router) -> IntoMakeService<Router> {
         let draining = self.clone();
-        router.layer(middleware::map_response(move |mut response: Response| {
+        let router = router.layer(middleware::map_response(move |mut response: Response| {
             let draining = draining.clone();
             async move {
                 if draining.is_draining() {
@@ -79,7 +86,8 @@ impl Draining {
                 }
                 response
             }
-        }))
+        }));
+        router.with_state(()).into_make_service()
     }
 
     /// Resolves [`DRAIN_DELAY`] after a shutdown signal, having switched to
