@@ -58,7 +58,8 @@ where
 {
     /// Starts `workers` tasks that answer batches of at most `max_batch`
     /// keys with `load`, which returns the value of every key it found.
-    pub fn spawn<F, Fut>(workers: usize, max_batch: usize, load: F) -> Self
+    /// `source` labels the batch-size histogram (`lookup_batch_size`).
+    pub fn spawn<F, Fut>(source: &'static str, workers: usize, max_batch: usize, load: F) -> Self
     where
         F: Fn(Vec<K>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HashMap<K, V>, E>> + Send,
@@ -78,7 +79,7 @@ where
                     if receiver.lock().await.recv_many(&mut batch, max_batch).await == 0 {
                         return;
                     }
-                    answer(load.as_ref(), &mut batch).await;
+                    answer(source, load.as_ref(), &mut batch).await;
                 }
             });
         }
@@ -100,7 +101,7 @@ where
     }
 }
 
-async fn answer<K, V, E, F, Fut>(load: &F, batch: &mut Vec<(K, Reply<V, E>)>)
+async fn answer<K, V, E, F, Fut>(source: &'static str, load: &F, batch: &mut Vec<(K, Reply<V, E>)>)
 where
     K: Eq + Hash + Clone,
     V: Clone,
@@ -113,7 +114,7 @@ where
         .filter(|(key, _)| seen.insert(key.clone()))
         .map(|(key, _)| key.clone())
         .collect();
-    metrics::histogram!("lookup_batch_size").record(keys.len() as f64);
+    metrics::histogram!("lookup_batch_size", "source" => source).record(keys.len() as f64);
     match load(keys).await {
         Ok(found) => {
             for (key, reply) in batch.drain(..) {
@@ -138,7 +139,7 @@ mod tests {
     async fn concurrent_requests_share_batches_and_get_their_own_answers() {
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = Arc::clone(&calls);
-        let coalescer: Coalescer<u32, u32, ()> = Coalescer::spawn(1, 64, move |keys: Vec<u32>| {
+        let coalescer: Coalescer<u32, u32, ()> = Coalescer::spawn("test", 1, 64, move |keys: Vec<u32>| {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             async move { Ok(keys.into_iter().filter(|k| k % 2 == 0).map(|k| (k, k * 10)).collect()) }
         });
@@ -156,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_batch_fails_each_of_its_requests() {
         let coalescer: Coalescer<u32, u32, &'static str> =
-            Coalescer::spawn(2, 8, |_keys: Vec<u32>| async { Err("database down") });
+            Coalescer::spawn("test", 2, 8, |_keys: Vec<u32>| async { Err("database down") });
         match coalescer.get(1).await {
             Err(CoalesceError::Load(error)) => assert_eq!(*error, "database down"),
             other => panic!("expected the load error, got {other:?}"),

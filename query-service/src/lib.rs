@@ -313,14 +313,19 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let projector_task = tokio::spawn(projector.run(projector_stop_rx));
 
     let lookups = read_model.clone();
-    let rows = Coalescer::spawn(LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
+    let rows = Coalescer::spawn("read_model", LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
         let lookups = lookups.clone();
         async move { lookups.lookup_many(&ids).await }
     });
-    let heads = Coalescer::spawn(LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
-        let event_store = event_store.clone();
-        async move { event_store.head_versions(&ids).await }
-    });
+    let heads = Coalescer::spawn(
+        "event_store",
+        LOOKUP_WORKERS,
+        LOOKUP_MAX_BATCH,
+        move |ids: Vec<Uuid>| {
+            let event_store = event_store.clone();
+            async move { event_store.head_versions(&ids).await }
+        },
+    );
     let state = AppState {
         read_model,
         rows,
