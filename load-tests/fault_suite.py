@@ -99,6 +99,7 @@ class Outcome:
     reads_ok: int = 0
     reads_failed: int = 0
     statuses: dict = field(default_factory=dict)
+    failed_reads: dict = field(default_factory=dict)  # status (or error class) -> count
     first_failed_write: float = 0.0
     last_failed_write: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -222,15 +223,18 @@ class Load:
         warrior_id, _ = mine[rng.randrange(len(mine))]
         try:
             status, _ = self.request(conn, "GET", f"/warrior/{warrior_id}")
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as error:
             with self.outcome.lock:
                 self.outcome.reads_failed += 1
+                kind = type(error).__name__
+                self.outcome.failed_reads[kind] = self.outcome.failed_reads.get(kind, 0) + 1
             raise
         with self.outcome.lock:
             if status == 200:
                 self.outcome.reads_ok += 1
             else:
                 self.outcome.reads_failed += 1
+                self.outcome.failed_reads[str(status)] = self.outcome.failed_reads.get(str(status), 0) + 1
 
 
 def settle_and_check(env, outcome, verify_wait_s):
@@ -369,6 +373,7 @@ def run_fault(fault, env, args, run_id):
         "outage_s": restored - injected,
         "settle_s": settle_s,
         "statuses": {str(k): v for k, v in outcome.statuses.items()},
+        "failed_reads": outcome.failed_reads,
         "notes": "; ".join(expectations) or "",
         "passed": passed,
     }
