@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class Outcome:
     reads_ok: int = 0
     reads_failed: int = 0
     statuses: dict = field(default_factory=dict)
-    failed_reads: dict = field(default_factory=dict)  # status (or error class) -> count
+    failed_reads: Counter = field(default_factory=Counter)  # status (or error class) -> count
     first_failed_write: float = 0.0
     last_failed_write: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -226,15 +227,14 @@ class Load:
         except (OSError, http.client.HTTPException) as error:
             with self.outcome.lock:
                 self.outcome.reads_failed += 1
-                kind = type(error).__name__
-                self.outcome.failed_reads[kind] = self.outcome.failed_reads.get(kind, 0) + 1
+                self.outcome.failed_reads[type(error).__name__] += 1
             raise
         with self.outcome.lock:
             if status == 200:
                 self.outcome.reads_ok += 1
             else:
                 self.outcome.reads_failed += 1
-                self.outcome.failed_reads[str(status)] = self.outcome.failed_reads.get(str(status), 0) + 1
+                self.outcome.failed_reads[str(status)] += 1
 
 
 def settle_and_check(env, outcome, verify_wait_s):
@@ -373,7 +373,7 @@ def run_fault(fault, env, args, run_id):
         "outage_s": restored - injected,
         "settle_s": settle_s,
         "statuses": {str(k): v for k, v in outcome.statuses.items()},
-        "failed_reads": outcome.failed_reads,
+        "failed_reads": dict(outcome.failed_reads),
         "notes": "; ".join(expectations) or "",
         "passed": passed,
     }
