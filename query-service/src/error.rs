@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use event_store::EventStoreError;
 use http_kit::Problem;
+use shared_kernel::UnknownEventType;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -13,8 +15,10 @@ pub enum ApiError {
     NotFound,
     #[error("query parameter t must contain a non-blank search term")]
     MissingTerm,
-    #[error("the projection has not caught up with an acknowledged write yet")]
-    ProjectionLagging,
+    #[error("the event store is unavailable; retry later")]
+    EventStore(#[source] EventStoreError),
+    #[error("the event store holds an event this build cannot read")]
+    UnreadableEvent(#[source] UnknownEventType),
     #[error("cannot tell whether this warrior was just created: the event store is unreachable; retry later")]
     CannotConfirmAbsence,
     #[error(transparent)]
@@ -36,8 +40,19 @@ impl IntoResponse for ApiError {
                 self.to_string(),
             )
             .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
-            Self::ProjectionLagging | Self::CannotConfirmAbsence | Self::ShuttingDown => {
+            Self::CannotConfirmAbsence | Self::ShuttingDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
+            Self::EventStore(error) => {
+                tracing::error!(%error, "neither the read model nor the event store could answer a lookup");
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
+            }
+            Self::UnreadableEvent(error) => {
+                tracing::error!(%error, "a lookup met an event this build cannot decode");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the warrior cannot be read right now; retry later",
+                )
             }
             Self::Database(error) => read_model_unavailable(error),
             Self::ReadModel(error) => read_model_unavailable(error),

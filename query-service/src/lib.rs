@@ -20,6 +20,7 @@ use event_store::{EventStore, EventStoreError};
 use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
+use shared_kernel::{Warrior, WarriorEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch};
@@ -59,6 +60,8 @@ pub struct AppState {
     /// Lookups by id and stream heads, coalesced into batched queries.
     pub rows: Coalescer<Uuid, Lookup, sqlx::Error>,
     pub heads: Coalescer<Uuid, i64, EventStoreError>,
+    /// Answers lookups the read model cannot answer in time.
+    pub event_store: EventStore,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
@@ -71,23 +74,37 @@ impl AppState {
     /// before this request arrived is never answered with a 404 or older
     /// data. Both reads run concurrently, so the check costs one indexed
     /// query's latency, not two.
+    ///
+    /// When the projection does not catch up within the bound (Kafka down,
+    /// no relay running, the projector stalled) or the read model cannot be
+    /// read, the answer comes from the event store itself, the source of
+    /// truth: still exact, one more index probe, and no 503 for a write the
+    /// client was told had succeeded.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
         let (lookup, head) = tokio::join!(self.row(id), self.heads.get(id));
-        let mut lookup = lookup?;
         let head = match head {
             Ok(Some(head)) => head,
-            Ok(None) => return Ok(lookup),
+            // The event store never heard of it: nothing to wait for.
+            Ok(None) => return lookup.or_else(|_| Ok(Lookup::Unknown)),
             // Without the head, a row we hold may be stale, but a missing
             // one may be a write just acknowledged: answer what we have,
             // never a 404 we cannot vouch for.
-            Err(error) if lookup == Lookup::Unknown => {
-                tracing::warn!(%error, "event store unreachable; cannot tell an unknown id from a fresh one");
-                return Err(ApiError::CannotConfirmAbsence);
-            }
             Err(error) => {
-                tracing::warn!(%error, "event store unreachable; answering from the read model alone");
-                return Ok(lookup);
+                return match lookup? {
+                    Lookup::Unknown => {
+                        tracing::warn!(%error, "event store unreachable; cannot tell an unknown id from a fresh one");
+                        Err(ApiError::CannotConfirmAbsence)
+                    }
+                    found => {
+                        tracing::warn!(%error, "event store unreachable; answering from the read model alone");
+                        Ok(found)
+                    }
+                }
             }
+        };
+        let mut lookup = match lookup {
+            Ok(lookup) => lookup,
+            Err(error) => return self.instead_of_read_model(id, error).await,
         };
         if lookup.version() >= Some(head) {
             return Ok(lookup);
@@ -97,15 +114,18 @@ impl AppState {
         let deadline = started + self.read_your_writes_timeout;
         // Subscribe, then read again: an event applied in between is seen.
         let mut applied = self.applied.subscribe();
-        lookup = self.row(id).await?;
+        lookup = match self.row(id).await {
+            Ok(lookup) => lookup,
+            Err(error) => return self.instead_of_read_model(id, error).await,
+        };
         // Re-read when this warrior was applied here (or we cannot tell), and
         // on a slow timer for projectors of other instances: waiters must not
         // turn every batch into a burst of queries.
         let mut next_recheck = Instant::now() + RYW_RECHECK;
         while lookup.version() < Some(head) {
             if Instant::now() >= deadline {
-                metrics::counter!("read_your_writes_timeouts_total").increment(1);
-                return Err(ApiError::ProjectionLagging);
+                metrics::counter!("read_your_writes_fallbacks_total").increment(1);
+                return self.answer_from_event_store(id).await;
             }
             let reread = tokio::select! {
                 received = applied.recv() => match received {
@@ -122,11 +142,47 @@ impl AppState {
                 next_recheck = Instant::now() + RYW_RECHECK;
             }
             if reread {
-                lookup = self.row(id).await?;
+                lookup = match self.row(id).await {
+                    Ok(lookup) => lookup,
+                    Err(error) => return self.instead_of_read_model(id, error).await,
+                };
             }
         }
         metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
         Ok(lookup)
+    }
+
+    /// Answers from the event store when the read model failed, unless the
+    /// service is shutting down.
+    async fn instead_of_read_model(&self, id: Uuid, error: ApiError) -> Result<Lookup, ApiError> {
+        if matches!(error, ApiError::ShuttingDown) {
+            return Err(error);
+        }
+        tracing::warn!(%error, "read model unavailable; answering from the event store");
+        self.answer_from_event_store(id).await
+    }
+
+    /// The warrior as the event store holds it. Every warrior event carries
+    /// the whole state (or the deletion), so the newest one is the answer.
+    async fn answer_from_event_store(&self, id: Uuid) -> Result<Lookup, ApiError> {
+        let newest = self.event_store.newest_event(id).await.map_err(ApiError::EventStore)?;
+        let Some(newest) = newest else {
+            return Ok(Lookup::Unknown);
+        };
+        let event = WarriorEvent::decode(&newest.event_type, newest.schema_version, &newest.data)
+            .map_err(ApiError::UnreadableEvent)?;
+        Ok(match event {
+            WarriorEvent::Created(state) | WarriorEvent::Updated(state) => Lookup::Live(Warrior {
+                id,
+                name: state.name,
+                dob: state.dob,
+                fight_skills: state.fight_skills,
+                version: newest.version,
+            }),
+            WarriorEvent::Deleted => Lookup::Deleted {
+                version: newest.version,
+            },
+        })
     }
 
     /// One row of the read model, through the coalescer.
@@ -317,12 +373,13 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         let lookups = lookups.clone();
         async move { lookups.lookup_many(&ids).await }
     });
+    let heads_store = event_store.clone();
     let heads = Coalescer::spawn(
         "event_store",
         LOOKUP_WORKERS,
         LOOKUP_MAX_BATCH,
         move |ids: Vec<Uuid>| {
-            let event_store = event_store.clone();
+            let event_store = heads_store.clone();
             async move { event_store.head_versions(&ids).await }
         },
     );
@@ -330,6 +387,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         read_model,
         rows,
         heads,
+        event_store,
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,

@@ -43,7 +43,7 @@ pub struct WarriorId {
         (status = 200, description = "The warrior.", body = Warrior,
             headers(("ETag" = String, description = "Its version, quoted: `\"3\"`"))),
         (status = 404, description = "Unknown, deleted, or not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable and the read model cannot vouch for its answer alone (or neither database answers); retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn get_warrior(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -65,7 +65,7 @@ pub async fn get_warrior(State(app): State<Arc<AppState>>, Path(id): Path<String
         (status = 200, description = "The warrior.", body = Warrior,
             headers(("ETag" = String, description = "Its version, quoted: `\"3\"`"))),
         (status = 404, description = "Unknown, deleted, or not a UUID.", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The read model (or the event store) is unavailable, or the projection is still behind an acknowledged write; retry.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The event store is unavailable and the read model cannot vouch for its answer alone (or neither database answers); retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
 pub async fn get_warrior_v1(state: State<Arc<AppState>>, id: Path<String>) -> Result<Response, ApiError> {

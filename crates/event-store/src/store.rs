@@ -53,13 +53,6 @@ pub struct Snapshot {
     pub state: Value,
 }
 
-/// The newest event of a stream.
-#[derive(Debug, Clone, PartialEq, FromRow)]
-pub struct StreamHead {
-    pub version: i64,
-    pub event_type: String,
-}
-
 /// Handle on the event-store database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventStore {
@@ -184,14 +177,15 @@ impl EventStore {
         Ok(())
     }
 
-    /// The newest event of a stream, or `None` for a stream never written.
-    pub async fn stream_head(&self, aggregate_id: Uuid) -> Result<Option<StreamHead>, EventStoreError> {
-        Ok(sqlx::query_as(
-            "SELECT version, event_type FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(aggregate_id)
-        .fetch_optional(&self.pool)
-        .await?)
+    /// The newest event of a stream, or `None` for a stream never written:
+    /// one index probe. Enough for aggregates whose events each carry the
+    /// whole state.
+    pub async fn newest_event(&self, aggregate_id: Uuid) -> Result<Option<StoredEvent>, EventStoreError> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1");
+        Ok(sqlx::query_as(&sql)
+            .bind(aggregate_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// The newest version of each of these streams (absent if it has none):
