@@ -16,7 +16,9 @@ pub enum ApiError {
     #[error("query parameter t must contain a non-blank search term")]
     MissingTerm,
     #[error("the event store is unavailable; retry later")]
-    EventStore(#[source] EventStoreError),
+    EventStore(#[source] Arc<EventStoreError>),
+    /// 503, not 500: in a rolling deploy a newer writer's event waits for the
+    /// newer query-service that reads it.
     #[error("the event store holds an event this build cannot read")]
     UnreadableEvent(#[source] UnknownEventType),
     #[error("cannot tell whether this warrior was just created: the event store is unreachable; retry later")]
@@ -44,7 +46,7 @@ impl IntoResponse for ApiError {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
             Self::EventStore(error) => {
-                tracing::error!(%error, "neither the read model nor the event store could answer a lookup");
+                tracing::error!(%error, "the event store could not answer a lookup the read model could not serve");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
             Self::UnreadableEvent(error) => {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use event_store::{EventStore, EventStoreError};
+use event_store::{EventStore, EventStoreError, StoredEvent};
 use http_kit::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
@@ -60,8 +60,8 @@ pub struct AppState {
     /// Lookups by id and stream heads, coalesced into batched queries.
     pub rows: Coalescer<Uuid, Lookup, sqlx::Error>,
     pub heads: Coalescer<Uuid, i64, EventStoreError>,
-    /// Answers lookups the read model cannot answer in time.
-    pub event_store: EventStore,
+    /// Newest events, for lookups the read model cannot answer in time.
+    pub newest: Coalescer<Uuid, StoredEvent, EventStoreError>,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
@@ -85,21 +85,21 @@ impl AppState {
         let head = match head {
             Ok(Some(head)) => head,
             // The event store never heard of it: nothing to wait for.
-            Ok(None) => return lookup.or_else(|_| Ok(Lookup::Unknown)),
+            Ok(None) => {
+                return Ok(lookup.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "read model unavailable; the event store knows no such warrior");
+                    Lookup::Unknown
+                }))
+            }
             // Without the head, a row we hold may be stale, but a missing
             // one may be a write just acknowledged: answer what we have,
             // never a 404 we cannot vouch for.
             Err(error) => {
+                tracing::warn!(%error, "event store unreachable; answering from the read model alone");
                 return match lookup? {
-                    Lookup::Unknown => {
-                        tracing::warn!(%error, "event store unreachable; cannot tell an unknown id from a fresh one");
-                        Err(ApiError::CannotConfirmAbsence)
-                    }
-                    found => {
-                        tracing::warn!(%error, "event store unreachable; answering from the read model alone");
-                        Ok(found)
-                    }
-                }
+                    Lookup::Unknown => Err(ApiError::CannotConfirmAbsence),
+                    found => Ok(found),
+                };
             }
         };
         let mut lookup = match lookup {
@@ -124,8 +124,7 @@ impl AppState {
         let mut next_recheck = Instant::now() + RYW_RECHECK;
         while lookup.version() < Some(head) {
             if Instant::now() >= deadline {
-                metrics::counter!("read_your_writes_fallbacks_total").increment(1);
-                return self.answer_from_event_store(id).await;
+                return self.answer_from_event_store(id, "projection_behind").await;
             }
             let reread = tokio::select! {
                 received = applied.recv() => match received {
@@ -159,15 +158,21 @@ impl AppState {
             return Err(error);
         }
         tracing::warn!(%error, "read model unavailable; answering from the event store");
-        self.answer_from_event_store(id).await
+        self.answer_from_event_store(id, "read_model_unavailable").await
     }
 
     /// The warrior as the event store holds it. Every warrior event carries
     /// the whole state (or the deletion), so the newest one is the answer.
-    async fn answer_from_event_store(&self, id: Uuid) -> Result<Lookup, ApiError> {
-        let newest = self.event_store.newest_event(id).await.map_err(ApiError::EventStore)?;
-        let Some(newest) = newest else {
-            return Ok(Lookup::Unknown);
+    /// Batched like the other reads: with the read model down, every lookup
+    /// comes here, and one query each would drain the pool the stream-head
+    /// reads need.
+    async fn answer_from_event_store(&self, id: Uuid, reason: &'static str) -> Result<Lookup, ApiError> {
+        metrics::counter!("read_your_writes_fallbacks_total", "reason" => reason).increment(1);
+        let newest = match self.newest.get(id).await {
+            Ok(Some(newest)) => newest,
+            Ok(None) => return Ok(Lookup::Unknown),
+            Err(CoalesceError::Load(error)) => return Err(ApiError::EventStore(error)),
+            Err(CoalesceError::Closed) => return Err(ApiError::ShuttingDown),
         };
         let event = WarriorEvent::decode(&newest.event_type, newest.schema_version, &newest.data)
             .map_err(ApiError::UnreadableEvent)?;
@@ -383,11 +388,20 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
             async move { event_store.head_versions(&ids).await }
         },
     );
+    let newest = Coalescer::spawn(
+        "event_store_newest",
+        LOOKUP_WORKERS,
+        LOOKUP_MAX_BATCH,
+        move |ids: Vec<Uuid>| {
+            let event_store = event_store.clone();
+            async move { event_store.newest_events(&ids).await }
+        },
+    );
     let state = AppState {
         read_model,
         rows,
         heads,
-        event_store,
+        newest,
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,

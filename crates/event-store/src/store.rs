@@ -177,15 +177,16 @@ impl EventStore {
         Ok(())
     }
 
-    /// The newest event of a stream, or `None` for a stream never written:
-    /// one index probe. Enough for aggregates whose events each carry the
-    /// whole state.
-    pub async fn newest_event(&self, aggregate_id: Uuid) -> Result<Option<StoredEvent>, EventStoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1");
-        Ok(sqlx::query_as(&sql)
-            .bind(aggregate_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    /// The newest event of each of these streams (absent if it has none):
+    /// one query for many lookups. Enough for aggregates whose events each
+    /// carry the whole state.
+    pub async fn newest_events(&self, aggregate_ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT DISTINCT ON (aggregate_id) {EVENT_COLUMNS} FROM events WHERE aggregate_id = ANY($1)
+             ORDER BY aggregate_id, version DESC"
+        );
+        let rows: Vec<StoredEvent> = sqlx::query_as(&sql).bind(aggregate_ids).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|event| (event.aggregate_id, event)).collect())
     }
 
     /// The newest version of each of these streams (absent if it has none):

@@ -65,7 +65,7 @@ async fn of_fifty_concurrent_appends_at_one_version_exactly_one_commits(pool: Pg
         .filter(|o| committed(o.as_ref().expect("no error")))
         .count();
     assert_eq!(wins, 1);
-    assert_eq!(store.newest_event(id).await.expect("head").expect("exists").version, 2);
+    assert_eq!(store.newest_events(&[id]).await.expect("head")[&id].version, 2);
 }
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
