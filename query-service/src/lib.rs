@@ -11,6 +11,8 @@ pub mod routes;
 pub mod search_indexer;
 pub mod verify;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -277,6 +279,21 @@ fn connect_options(url: &str, name: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(options.application_name(name))
 }
 
+/// A coalescer answering lookups by id with one batched query on `handle`,
+/// a cheap-to-clone database handle (see [`coalesce`]).
+fn lookup_coalescer<H, V, E, F, Fut>(source: &'static str, handle: H, load: F) -> Coalescer<Uuid, V, E>
+where
+    H: Clone + Send + Sync + 'static,
+    V: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+    F: Fn(H, Vec<Uuid>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<HashMap<Uuid, V>, E>> + Send,
+{
+    Coalescer::spawn(source, LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids| {
+        load(handle.clone(), ids)
+    })
+}
+
 /// `query-service rebuild`: see [`rebuild`].
 pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
     let live_options: PgConnectOptions = config.database_url.parse().context("invalid DATABASE_URL")?;
@@ -373,30 +390,15 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     ));
     let projector_task = tokio::spawn(projector.run(projector_stop_rx));
 
-    let lookups = read_model.clone();
-    let rows = Coalescer::spawn("read_model", LOOKUP_WORKERS, LOOKUP_MAX_BATCH, move |ids: Vec<Uuid>| {
-        let lookups = lookups.clone();
-        async move { lookups.lookup_many(&ids).await }
+    let rows = lookup_coalescer("read_model", read_model.clone(), |read_model, ids| async move {
+        read_model.lookup_many(&ids).await
     });
-    let heads_store = event_store.clone();
-    let heads = Coalescer::spawn(
-        "event_store",
-        LOOKUP_WORKERS,
-        LOOKUP_MAX_BATCH,
-        move |ids: Vec<Uuid>| {
-            let event_store = heads_store.clone();
-            async move { event_store.head_versions(&ids).await }
-        },
-    );
-    let newest = Coalescer::spawn(
-        "event_store_newest",
-        LOOKUP_WORKERS,
-        LOOKUP_MAX_BATCH,
-        move |ids: Vec<Uuid>| {
-            let event_store = event_store.clone();
-            async move { event_store.newest_events(&ids).await }
-        },
-    );
+    let heads = lookup_coalescer("event_store", event_store.clone(), |event_store, ids| async move {
+        event_store.head_versions(&ids).await
+    });
+    let newest = lookup_coalescer("event_store_newest", event_store, |event_store, ids| async move {
+        event_store.newest_events(&ids).await
+    });
     let state = AppState {
         read_model,
         rows,
