@@ -1,6 +1,7 @@
 //! query-service: projects warrior events from Kafka into the read model and
 //! serves lookups (reading your own writes), search and counts.
 
+pub mod breaker;
 pub mod coalesce;
 pub mod config;
 pub mod error;
@@ -32,6 +33,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use crate::breaker::Breaker;
 use crate::coalesce::{CoalesceError, Coalescer};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -50,6 +52,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/rea
 const LOOKUP_WORKERS: usize = 1;
 const LOOKUP_MAX_BATCH: usize = 256;
 
+/// How long lookups skip the read model after it failed one, before one
+/// lookup tries it again.
+const BREAKER_OPEN: Duration = Duration::from_secs(1);
+
 /// How often a read-your-writes waiter re-reads without a local signal (for
 /// events applied by another instance's projector).
 const RYW_RECHECK: Duration = Duration::from_millis(100);
@@ -64,6 +70,8 @@ pub struct AppState {
     pub heads: Coalescer<Uuid, i64, EventStoreError>,
     /// Newest events, for lookups the read model cannot answer in time.
     pub newest: Coalescer<Uuid, StoredEvent, EventStoreError>,
+    /// Sends lookups straight to the event store while the read model fails.
+    pub read_model_breaker: Breaker,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
@@ -83,6 +91,9 @@ impl AppState {
     /// truth: still exact, one more index probe, and no 503 for a write the
     /// client was told had succeeded.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
+        if !self.read_model_breaker.allow() {
+            return self.answer_from_event_store(id, "read_model_unavailable").await;
+        }
         let (lookup, head) = tokio::join!(self.row(id), self.heads.get(id));
         let head = match head {
             Ok(Some(head)) => head,
@@ -192,11 +203,17 @@ impl AppState {
         })
     }
 
-    /// One row of the read model, through the coalescer.
+    /// One row of the read model, through the coalescer; tells the breaker.
     async fn row(&self, id: Uuid) -> Result<Lookup, ApiError> {
         match self.rows.get(id).await {
-            Ok(found) => Ok(found.unwrap_or(Lookup::Unknown)),
-            Err(CoalesceError::Load(error)) => Err(ApiError::ReadModel(error)),
+            Ok(found) => {
+                self.read_model_breaker.succeeded();
+                Ok(found.unwrap_or(Lookup::Unknown))
+            }
+            Err(CoalesceError::Load(error)) => {
+                self.read_model_breaker.failed();
+                Err(ApiError::ReadModel(error))
+            }
             Err(CoalesceError::Closed) => Err(ApiError::ShuttingDown),
         }
     }
@@ -404,6 +421,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         rows,
         heads,
         newest,
+        read_model_breaker: Breaker::new(BREAKER_OPEN, config.database_timeout() * 2),
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,
