@@ -1,11 +1,14 @@
-//! A circuit breaker for the read model's lookups.
+//! A circuit breaker for what lookups depend on: the read model's database,
+//! and the projection keeping up.
 //!
 //! With the read model's PostgreSQL down, every lookup waited out the pool's
-//! connect timeout (2 s) before answering from the event store. After a
-//! failure the breaker sends lookups straight to the event store for a
-//! while, then lets a single lookup probe the read model; its outcome closes
-//! the breaker or opens it again. The event store's answer is exact, so a
-//! breaker open too long costs only event-store load, never correctness.
+//! connect timeout (2 s) before answering from the event store; with Kafka
+//! down, every lookup of a fresh write waited out the read-your-writes bound.
+//! After such a failure the breaker sends lookups straight to the event
+//! store for a while, then lets a single lookup try the normal way; its
+//! outcome closes the breaker or opens it again. The event store's answer is
+//! exact, so a breaker open too long costs only event-store load, never
+//! correctness.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -14,11 +17,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Closed,
-    /// Lookups skip the read model until then.
+    /// Lookups go straight to the event store until then.
     Open {
         until: Instant,
     },
-    /// One lookup is trying the read model. If it never reports (its request
+    /// One lookup is trying the normal way. If it never reports (its request
     /// was cancelled), another may try once `until` has passed.
     Probing {
         until: Instant,
@@ -37,9 +40,9 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    /// `open_for`: how long lookups skip the read model after a failure;
-    /// `probe_for`: how long a probe may take before another is allowed
-    /// (longer than the read model's own timeouts).
+    /// `open_for`: how long lookups go straight to the event store after a
+    /// failure; `probe_for`: how long a probe may take before another is
+    /// allowed (longer than the timeouts it can meet).
     pub fn new(open_for: Duration, probe_for: Duration) -> Self {
         Self {
             open_for,
@@ -49,12 +52,12 @@ impl Breaker {
         }
     }
 
-    /// Whether this lookup should read the read model.
+    /// Whether this lookup should go the normal way.
     pub fn allow(&self) -> bool {
         self.closed.load(Ordering::Acquire) || self.allow_at(Instant::now())
     }
 
-    /// The read model answered.
+    /// The normal way worked.
     pub fn succeeded(&self) {
         if !self.closed.load(Ordering::Acquire) {
             let mut state = self.state();
@@ -63,7 +66,7 @@ impl Breaker {
         }
     }
 
-    /// The read model failed.
+    /// The normal way failed.
     pub fn failed(&self) {
         self.failed_at(Instant::now());
     }

@@ -52,8 +52,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/rea
 const LOOKUP_WORKERS: usize = 1;
 const LOOKUP_MAX_BATCH: usize = 256;
 
-/// How long lookups skip the read model after it failed one, before one
-/// lookup tries it again.
+/// How long lookups go straight to the event store after the read model
+/// failed one (or a wait for the projection timed out), before one lookup
+/// tries the normal way again.
 const BREAKER_OPEN: Duration = Duration::from_secs(1);
 
 /// How often a read-your-writes waiter re-reads without a local signal (for
@@ -72,6 +73,9 @@ pub struct AppState {
     pub newest: Coalescer<Uuid, StoredEvent, EventStoreError>,
     /// Sends lookups straight to the event store while the read model fails.
     pub read_model_breaker: Breaker,
+    /// Sends lookups of rows behind the event store straight to it while the
+    /// projection is stalled (a wait for it timed out within the last second).
+    pub projection_breaker: Breaker,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
     pub kafka: FutureProducer,
@@ -122,6 +126,11 @@ impl AppState {
         if lookup.version() >= Some(head) {
             return Ok(lookup);
         }
+        // Kafka down, no relay: one waiter at a time finds out whether the
+        // projection moves again, the others need not wait the bound out.
+        if !self.projection_breaker.allow() {
+            return self.answer_from_event_store(id, "projection_stalled").await;
+        }
         metrics::counter!("read_your_writes_waits_total").increment(1);
         let started = Instant::now();
         let deadline = started + self.read_your_writes_timeout;
@@ -137,6 +146,7 @@ impl AppState {
         let mut next_recheck = Instant::now() + RYW_RECHECK;
         while lookup.version() < Some(head) {
             if Instant::now() >= deadline {
+                self.projection_breaker.failed();
                 return self.answer_from_event_store(id, "projection_behind").await;
             }
             let reread = tokio::select! {
@@ -160,6 +170,7 @@ impl AppState {
                 };
             }
         }
+        self.projection_breaker.succeeded();
         metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
         Ok(lookup)
     }
@@ -422,6 +433,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         heads,
         newest,
         read_model_breaker: Breaker::new(BREAKER_OPEN, config.database_timeout() * 2),
+        projection_breaker: Breaker::new(
+            BREAKER_OPEN,
+            config.read_your_writes_timeout() + config.database_timeout() * 2,
+        ),
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,

@@ -22,7 +22,7 @@ async fn readiness(stack: &Stack) -> Vec<(u16, Value)> {
 }
 
 /// Lookups the query service answered from the event store because the
-/// projection stayed behind (0 before the first).
+/// projection stayed behind, or was known to be stalled (0 before the first).
 async fn fallbacks(stack: &Stack) -> u64 {
     let text = stack
         .http
@@ -34,8 +34,10 @@ async fn fallbacks(stack: &Stack) -> u64 {
         .await
         .expect("text");
     text.lines()
-        .find_map(|line| line.strip_prefix("read_your_writes_fallbacks_total{reason=\"projection_behind\"} "))
-        .map_or(0, |value| value.trim().parse().expect("a counter"))
+        .filter(|line| line.starts_with("read_your_writes_fallbacks_total{reason=\"projection_"))
+        .filter_map(|line| line.rsplit_once(' '))
+        .map(|(_, value)| value.trim().parse::<u64>().expect("a counter"))
+        .sum()
 }
 
 /// With nothing reaching the read model, lookups still reflect each
