@@ -119,7 +119,7 @@ impl AppState {
                 };
             }
         };
-        let mut lookup = match lookup {
+        let lookup = match lookup {
             Ok(lookup) => lookup,
             Err(error) => return self.instead_of_read_model(id, error).await,
         };
@@ -131,23 +131,35 @@ impl AppState {
         if !self.projection_breaker.allow() {
             return self.answer_from_event_store(id, "projection_stalled").await;
         }
+        match self.wait_for_projection(id, head).await {
+            Ok(Some(lookup)) => {
+                self.projection_breaker.succeeded();
+                Ok(lookup)
+            }
+            Ok(None) => {
+                self.projection_breaker.failed();
+                self.answer_from_event_store(id, "projection_behind").await
+            }
+            Err(error) => self.instead_of_read_model(id, error).await,
+        }
+    }
+
+    /// Re-reads the row until the projection reaches `head`, for at most
+    /// the read-your-writes bound: `None` if it did not.
+    async fn wait_for_projection(&self, id: Uuid, head: i64) -> Result<Option<Lookup>, ApiError> {
         metrics::counter!("read_your_writes_waits_total").increment(1);
         let started = Instant::now();
         let deadline = started + self.read_your_writes_timeout;
         // Subscribe, then read again: an event applied in between is seen.
         let mut applied = self.applied.subscribe();
-        lookup = match self.row(id).await {
-            Ok(lookup) => lookup,
-            Err(error) => return self.instead_of_read_model(id, error).await,
-        };
+        let mut lookup = self.row(id).await?;
         // Re-read when this warrior was applied here (or we cannot tell), and
         // on a slow timer for projectors of other instances: waiters must not
         // turn every batch into a burst of queries.
         let mut next_recheck = Instant::now() + RYW_RECHECK;
         while lookup.version() < Some(head) {
             if Instant::now() >= deadline {
-                self.projection_breaker.failed();
-                return self.answer_from_event_store(id, "projection_behind").await;
+                return Ok(None);
             }
             let reread = tokio::select! {
                 received = applied.recv() => match received {
@@ -164,15 +176,11 @@ impl AppState {
                 next_recheck = Instant::now() + RYW_RECHECK;
             }
             if reread {
-                lookup = match self.row(id).await {
-                    Ok(lookup) => lookup,
-                    Err(error) => return self.instead_of_read_model(id, error).await,
-                };
+                lookup = self.row(id).await?;
             }
         }
-        self.projection_breaker.succeeded();
         metrics::histogram!("read_your_writes_wait_seconds").record(started.elapsed().as_secs_f64());
-        Ok(lookup)
+        Ok(Some(lookup))
     }
 
     /// Answers from the event store when the read model failed, unless the

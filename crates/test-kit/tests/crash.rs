@@ -44,18 +44,14 @@ async fn event_committed_but_unpublished_at_kill_9_is_published_after_restart() 
     stack.dev(&["up"]);
 
     let location = format!("/warrior/{id}");
-    let read: Value = poll_until(
-        Duration::from_secs(15),
-        "the warrior to reach the read model",
-        || async {
-            let response = stack.get(&location).await;
-            if response.status() == 200 {
-                response.json().await.ok()
-            } else {
-                None
-            }
-        },
-    )
+    let read: Value = poll_until(Duration::from_secs(15), "the warrior to be readable", || async {
+        let response = stack.get(&location).await;
+        if response.status() == 200 {
+            response.json().await.ok()
+        } else {
+            None
+        }
+    })
     .await;
     assert_eq!(read, created);
     poll_until(Duration::from_secs(5), "the outbox row to be acknowledged", || async {
