@@ -5,6 +5,7 @@
 //! someone else appended first, the append comes back as a conflict and the
 //! command either reports it (`If-Match` was given) or decides again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,10 +18,13 @@ use shared_kernel::{
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::stream_locks::StreamLocks;
+
 /// Namespace for ids derived from idempotency keys (UUIDv5).
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x8f1d_3c2a_5b4e_4f60_9a7d_0e21_c3b4_a596);
 
-/// How often a command without `If-Match` re-decides after losing a race.
+/// How often a command without `If-Match` re-decides after losing a race:
+/// only to writers in other instances (see [`StreamLocks`]).
 const MAX_ATTEMPTS: usize = 16;
 
 /// Why a command did not happen.
@@ -85,6 +89,8 @@ pub struct Commands {
     snapshot_every: i64,
     /// Longest a command waits for its append, queueing included.
     append_timeout: Duration,
+    /// Queues this instance's writes without `If-Match` per warrior.
+    locks: Arc<StreamLocks>,
 }
 
 impl Commands {
@@ -94,6 +100,7 @@ impl Commands {
             appender,
             snapshot_every,
             append_timeout: Duration::from_secs(10),
+            locks: Arc::default(),
         }
     }
 
@@ -194,6 +201,11 @@ impl Commands {
         if_match: Option<i64>,
         meta: &RequestMeta,
     ) -> Result<i64, CommandError> {
+        // With If-Match a lost race is the answer (412), so no need to queue.
+        let _turn = match if_match {
+            None => Some(self.locks.lock(id).await),
+            Some(_) => None,
+        };
         for _ in 0..MAX_ATTEMPTS {
             let mut aggregate = self.load(id).await?;
             if !aggregate.is_live() {

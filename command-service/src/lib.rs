@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod relay;
 pub mod routes;
+pub mod stream_locks;
 
 use std::sync::Arc;
 

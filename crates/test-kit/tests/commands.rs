@@ -91,17 +91,17 @@ async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
 }
 
 #[tokio::test]
-async fn concurrent_puts_without_if_match_all_apply_in_sequence() {
+async fn fifty_concurrent_puts_without_if_match_all_apply_in_sequence() {
     let stack = Stack::from_env();
     let id = id_of(&stack.create(&new_warrior()).await);
-    let statuses = concurrent_puts(&stack, &id, 10, None).await;
+    let statuses = concurrent_puts(&stack, &id, 50, None).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     let history = history(&stack, &id).await;
     let versions: Vec<i64> = history
         .iter()
         .map(|e| e["version"].as_i64().expect("version"))
         .collect();
-    assert_eq!(versions, (1..=11).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=51).collect::<Vec<_>>());
 }
 
 #[tokio::test]
