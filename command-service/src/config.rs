@@ -75,8 +75,9 @@ pub struct Config {
     #[arg(long, env = "RELAY_ROUND_INTERVAL_MS", default_value_t = 8)]
     pub relay_round_interval_ms: u64,
 
-    /// Upper bound on any request's handling time.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    /// Upper bound on any request's handling time; below nginx's 10 s
+    /// `proxy_read_timeout`, so clients get this service's 503, not a 504.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 9_000)]
     pub request_timeout_ms: u64,
 }
 

@@ -121,8 +121,9 @@ pub struct Config {
     #[arg(long, env = "READ_YOUR_WRITES_TIMEOUT_MS", default_value_t = 500, global = true)]
     pub read_your_writes_timeout_ms: u64,
 
-    /// Upper bound on any request's handling time.
-    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000, global = true)]
+    /// Upper bound on any request's handling time; below nginx's 10 s
+    /// `proxy_read_timeout`, so clients get this service's 503, not a 504.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 9_000, global = true)]
     pub request_timeout_ms: u64,
 }
 

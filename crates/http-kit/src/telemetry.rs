@@ -1,15 +1,15 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request as AxumRequest, State};
 use axum::http::{HeaderName, Request, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing_subscriber::EnvFilter;
 
@@ -76,10 +76,7 @@ pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: Pr
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
             let request_id = request
                 .headers()
@@ -92,10 +89,61 @@ pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: Pr
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// Answers a request still running after `limit` with a problem+json 503
+/// (tower-http's TimeoutLayer answers with an empty body). Each service's
+/// default limit is below nginx's `proxy_read_timeout`, so a client through
+/// the gateway gets this answer rather than the gateway's 504.
+async fn time_limit(State(limit): State<Duration>, request: AxumRequest, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the request took longer than {} ms; retry later", limit.as_millis()),
+            )
+            .into_response()
+        }
+    }
+}
+
 async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this route does not accept that method")
 }
 
 async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_over_the_time_limit_gets_a_problem_503() {
+        let slow = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        let metrics = PrometheusBuilder::new().build_recorder().handle();
+        let app = with_common_layers(slow, Duration::from_millis(50), metrics);
+        let request = Request::get("/slow").body(Body::empty()).expect("request");
+        let response = app.oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["status"], 503);
+        assert!(
+            problem["detail"].as_str().is_some_and(|d| d.contains("50 ms")),
+            "{problem}"
+        );
+    }
 }
