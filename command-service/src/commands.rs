@@ -157,8 +157,10 @@ impl Commands {
     /// A repeated idempotent create: same body, same answer; else refused.
     async fn replay_create(&self, id: Uuid, draft: &WarriorDraft) -> Result<Created, CommandError> {
         let first = self.store.read_stream(id).await?.into_iter().next();
-        let same_body = first.is_some_and(|e| e.data == WarriorEvent::Created(WarriorState::from(draft)).data());
-        if same_body {
+        let first = first
+            .map(|e| WarriorEvent::decode(&e.event_type, e.schema_version, &e.data))
+            .transpose()?;
+        if first == Some(WarriorEvent::Created(WarriorState::from(draft))) {
             Ok(Created::Replayed(Warrior::from_draft(id, 1, draft)))
         } else {
             Err(CommandError::IdempotencyKeyReused)
@@ -183,13 +185,25 @@ impl Commands {
         self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta).await
     }
 
-    /// The audit trail of a warrior (deleted ones included).
+    /// The audit trail of a warrior (deleted ones included), each event's
+    /// data in the current schema (older events upcast, as every reader sees
+    /// them).
     pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, CommandError> {
         let events = self.store.read_stream(id).await?;
         if events.is_empty() {
             return Err(CommandError::NotFound);
         }
-        Ok(events)
+        events
+            .into_iter()
+            .map(|event| {
+                let data = WarriorEvent::decode(&event.event_type, event.schema_version, &event.data)?.data();
+                Ok(StoredEvent {
+                    data,
+                    schema_version: SCHEMA_VERSION,
+                    ..event
+                })
+            })
+            .collect()
     }
 
     /// Appends `event` on top of a live stream, re-deciding after lost races

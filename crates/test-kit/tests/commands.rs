@@ -191,3 +191,44 @@ async fn a_malformed_idempotency_key_is_refused_on_both_create_routes() {
         }
     }
 }
+
+/// An event of the Java seed's first schema (camelCase `fightSkills`),
+/// stored as it was then: every reader shows it in today's shape.
+#[tokio::test]
+async fn a_schema_1_event_reads_in_the_current_shape_on_both_sides() {
+    let stack = Stack::from_env();
+    let store = sqlx::PgPool::connect(&stack.event_store_url)
+        .await
+        .expect("event store");
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "WITH e AS (INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data)
+                    VALUES ($1, $2, 1, 'WarriorCreated', 1, $3) RETURNING position)
+         INSERT INTO outbox (position) SELECT position FROM e",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(id)
+    .bind(json!({"name": "Ching Shih", "dob": "1775-01-01", "fightSkills": ["Jian"]}))
+    .execute(&store)
+    .await
+    .expect("insert a schema-1 event");
+
+    let history = history(&stack, &id.to_string()).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["data"]["fight_skills"], json!(["Jian"]), "{history:?}");
+    assert!(history[0]["data"].get("fightSkills").is_none(), "{history:?}");
+
+    let warrior: Value = stack.get(&format!("/warrior/{id}")).await.json().await.expect("JSON");
+    assert_eq!(warrior["fight_skills"], json!(["Jian"]), "{warrior}");
+    assert_eq!(warrior["version"], 1);
+
+    // Replacing it builds on the upcast state like any other warrior.
+    let replaced = put(
+        &stack,
+        &id.to_string(),
+        &json!({"name": "Ching Shih", "dob": "1775-01-01"}),
+        Some("\"1\""),
+    )
+    .await;
+    assert_eq!(replaced.status(), 200);
+}
