@@ -247,8 +247,12 @@ impl Projector {
         if let Some(payload) = payload.as_deref() {
             record = record.payload(payload);
         }
-        if let Err((error, _)) = self.dlq_producer.send(record, Duration::from_secs(10)).await {
-            tracing::error!(%error, source, "could not write to the dead-letter topic");
+        match self.dlq_producer.send(record, Duration::from_secs(10)).await {
+            Ok(_) => metrics::counter!("dlq_messages_total").increment(1),
+            Err((error, _)) => {
+                metrics::counter!("dlq_write_failures_total").increment(1);
+                tracing::error!(%error, source, "could not write to the dead-letter topic");
+            }
         }
     }
 }

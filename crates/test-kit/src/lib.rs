@@ -96,6 +96,26 @@ impl Stack {
         body["count"].as_i64().expect("count is a number")
     }
 
+    /// Sum of the query service's metric series whose lines start with
+    /// `prefix` (a name, or a name and the start of its labels); 0 before
+    /// the first is recorded.
+    pub async fn query_metric(&self, prefix: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.query))
+            .send()
+            .await
+            .expect("query service reachable")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' '))
+            .map(|(_, value)| value.trim().parse::<f64>().expect("a number"))
+            .sum()
+    }
+
     /// Runs `./dev <args>` and asserts it succeeded.
     pub fn dev(&self, args: &[&str]) {
         let status = std::process::Command::new(&self.dev_script)

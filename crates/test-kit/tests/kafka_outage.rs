@@ -24,20 +24,9 @@ async fn readiness(stack: &Stack) -> Vec<(u16, Value)> {
 /// Lookups the query service answered from the event store because the
 /// projection stayed behind, or was known to be stalled (0 before the first).
 async fn fallbacks(stack: &Stack) -> u64 {
-    let text = stack
-        .http
-        .get(format!("{}/metrics", stack.query))
-        .send()
-        .await
-        .expect("reachable")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|line| line.starts_with("read_your_writes_fallbacks_total{reason=\"projection_"))
-        .filter_map(|line| line.rsplit_once(' '))
-        .map(|(_, value)| value.trim().parse::<u64>().expect("a counter"))
-        .sum()
+    stack
+        .query_metric("read_your_writes_fallbacks_total{reason=\"projection_")
+        .await as u64
 }
 
 /// With nothing reaching the read model, lookups still reflect each

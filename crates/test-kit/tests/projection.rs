@@ -38,6 +38,7 @@ async fn two_hundred_concurrent_create_then_get_pairs_never_miss_their_write() {
 async fn a_poison_message_goes_to_the_dlq_and_later_events_are_still_applied() {
     let stack = Stack::from_env();
     let marker = format!("poison-{}", uuid::Uuid::new_v4());
+    let dead_lettered = stack.query_metric("dlq_messages_total").await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &stack.kafka_brokers)
         .create()
@@ -95,4 +96,10 @@ async fn a_poison_message_goes_to_the_dlq_and_later_events_are_still_applied() {
         assert!(error.is_some_and(|e| !e.is_empty()), "the reason travels in a header");
         found += 1;
     }
+    poll_until(
+        Duration::from_secs(10),
+        "dlq_messages_total to count the three",
+        || async { (stack.query_metric("dlq_messages_total").await >= dead_lettered + 3.0).then_some(()) },
+    )
+    .await;
 }
