@@ -145,12 +145,12 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         http_kit::listen(config.listen_addr).with_context(|| format!("cannot listen on {}", config.listen_addr))?;
     tracing::info!(addr = %config.listen_addr, "command-service listening");
     let draining = http_kit::Draining::default();
-    axum::serve(
+    let server = axum::serve(
         draining.listener(listener)?,
         draining.apply(app(state, &config, metrics)),
     )
-    .with_graceful_shutdown(draining.shutdown_signal())
-    .await?;
+    .with_graceful_shutdown(draining.clone().shutdown_signal());
+    draining.run(server, config.request_timeout()).await?;
 
     // Requests are drained; the writer ends once its last sender is gone.
     if let Some(task) = writer_task {

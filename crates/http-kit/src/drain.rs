@@ -21,6 +21,7 @@
 //! connection, nginx kept opening new ones to the draining replica, and one
 //! opened just as the listener closed met a reset after its POST was sent.
 
+use std::future::IntoFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,6 +106,40 @@ impl Draining {
     pub fn start(&self) {
         self.0.started.store(true, Ordering::Relaxed);
         self.0.wake.notify_waiters();
+    }
+
+    /// Runs `server` (an `axum::serve` with this drain's shutdown signal)
+    /// to its end, or until [`DRAIN_DELAY`] plus `request_limit` plus a
+    /// second after the drain started. Graceful shutdown waits for every
+    /// open connection, and hyper has no header-read timeout here: a client
+    /// that sent half a request head and stalls would keep the process from
+    /// stopping forever. Requests end within `request_limit`, so the bound
+    /// cuts off only such connections.
+    pub async fn run<S>(&self, server: S, request_limit: Duration) -> io::Result<()>
+    where
+        S: IntoFuture<Output = io::Result<()>>,
+    {
+        let grace = request_limit + Duration::from_secs(1);
+        tokio::select! {
+            result = server => result,
+            () = self.drained_for(DRAIN_DELAY + grace) => {
+                tracing::warn!(?grace, "connections still open after the drain; stopping without them");
+                Ok(())
+            }
+        }
+    }
+
+    /// Resolves `delay` after the drain started.
+    async fn drained_for(&self, delay: Duration) {
+        loop {
+            // Registered before the flag is read (see the listener's accept).
+            let woken = self.0.wake.notified();
+            if self.is_draining() {
+                break;
+            }
+            woken.await;
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -221,5 +256,42 @@ mod tests {
         assert!(during.starts_with("http/1.1 200"), "{during}");
         assert!(during.contains("connection: close"), "{during}");
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_stalled_half_sent_request_does_not_hold_the_shutdown_past_the_grace() {
+        let draining = Draining::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let app = draining.apply(Router::new().route("/", get(|| async { "ok" })));
+        let signal = {
+            let draining = draining.clone();
+            async move {
+                draining.drained_for(Duration::ZERO).await;
+            }
+        };
+        let server = axum::serve(draining.listener(listener).expect("listener"), app).with_graceful_shutdown(signal);
+
+        let mut stalled = TcpStream::connect(address).await.expect("connect");
+        stalled.write_all(b"GET / HTTP/1.1\r\nHo").await.expect("write");
+        let run = {
+            let draining = draining.clone();
+            tokio::spawn(async move { draining.run(server, Duration::ZERO).await })
+        };
+        // Let the server take the connection and read the half head.
+        let mut open = TcpStream::connect(address).await.expect("connect");
+        assert!(get_root(&mut open).await.starts_with("http/1.1 200"));
+        drop(open);
+
+        let started = Instant::now();
+        draining.start();
+        let stopped = tokio::time::timeout(DRAIN_DELAY + Duration::from_secs(4), run).await;
+        assert!(
+            stopped.is_ok(),
+            "the server still ran {:?} after the drain",
+            started.elapsed()
+        );
+        assert!(started.elapsed() >= DRAIN_DELAY, "the drain delay must still be served");
+        drop(stalled);
     }
 }
