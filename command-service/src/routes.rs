@@ -117,7 +117,7 @@ pub async fn create_v1(
 
 async fn create_from(app: &AppState, headers: &HeaderMap, body: &JsonBody) -> Result<Created, ApiError> {
     let draft = parse_warrior(&body.0, today())?;
-    Ok(app.commands.create(&draft, &request_meta(headers)?).await?)
+    Ok(app.commands.create(&draft, &create_meta(headers)?).await?)
 }
 
 /// Replace a warrior.
@@ -150,11 +150,11 @@ pub async fn replace(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let draft: WarriorDraft = parse_warrior(&body.0, today())?;
     let id = parse_id(&id)?;
+    let draft: WarriorDraft = parse_warrior(&body.0, today())?;
     let warrior = app
         .commands
-        .replace(id, &draft, if_match(&headers), &request_meta(&headers)?)
+        .replace(id, &draft, if_match(&headers), &request_meta(&headers))
         .await?;
     Ok(with_etag(StatusCode::OK, &warrior, None))
 }
@@ -183,7 +183,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     app.commands
-        .delete(id, if_match(&headers), &request_meta(&headers)?)
+        .delete(id, if_match(&headers), &request_meta(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -350,14 +350,24 @@ fn if_match(headers: &HeaderMap) -> Option<i64> {
     Some(tag.parse().unwrap_or(-1))
 }
 
-fn request_meta(headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
-    let request_id = headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+/// What every write records besides its event: the request id.
+fn request_meta(headers: &HeaderMap) -> RequestMeta {
+    RequestMeta {
+        request_id: headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        idempotency_key: None,
+    }
+}
+
+/// [`request_meta`] and, for creates only, the `Idempotency-Key` (PUT and
+/// DELETE are idempotent by nature; a key sent with them is ignored, as the
+/// contract defines keys for POST).
+fn create_meta(headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
     let idempotency_key = headers
         .get(IDEMPOTENCY_KEY)
         .map(|value| IdempotencyKey::parse(value.as_bytes()).map_err(ApiError::BadIdempotencyKey))
         .transpose()?;
     Ok(RequestMeta {
-        request_id,
         idempotency_key,
+        ..request_meta(headers)
     })
 }

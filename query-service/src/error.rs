@@ -17,8 +17,9 @@ pub enum ApiError {
     MissingTerm,
     #[error("the event store is unavailable; retry later")]
     EventStore(#[source] Arc<EventStoreError>),
-    /// 503, not 500: in a rolling deploy a newer writer's event waits for the
-    /// newer query-service that reads it.
+    /// 503, not 500: an event of a newer schema than this build knows is
+    /// readable by a newer query-service; retrying there (or after the
+    /// upgrade) succeeds. (Deploy readers first: docs/EVENTS.md.)
     #[error("the event store holds an event this build cannot read")]
     UnreadableEvent(#[source] UnknownEventType),
     #[error("cannot tell whether this warrior was just created: the event store is unreachable; retry later")]
