@@ -19,6 +19,11 @@ use crate::{Problem, MAX_BODY_BYTES};
 /// Header correlating a request across nginx, both services and Kafka.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// For each binary's `--help`: the two settings read by [`init_tracing`]
+/// rather than by the binary's own flags.
+pub const LOGGING_HELP: &str = "Logging: RUST_LOG=<tracing filter> (default: info), \
+LOG_FORMAT=json for one JSON object per line (default: text).";
+
 /// Sets up `tracing`: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
 /// switches to one JSON object per line for log shippers.
 pub fn init_tracing() {
