@@ -66,15 +66,38 @@ impl Problem {
     }
 }
 
+/// Seconds a client should wait before retrying a `503`: every cause here
+/// (a database or Kafka unreachable, a request over its time limit, a
+/// shutdown) is checked again within about a second.
+const RETRY_AFTER_SECONDS: HeaderValue = HeaderValue::from_static("1");
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
             body,
         )
-            .into_response()
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, RETRY_AFTER_SECONDS);
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_503_tells_when_to_retry_and_other_problems_do_not() {
+        let unavailable = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "database down").into_response();
+        assert_eq!(unavailable.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(unavailable.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let invalid = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "bad dob").into_response();
+        assert!(invalid.headers().get(header::RETRY_AFTER).is_none());
     }
 }
