@@ -63,8 +63,7 @@ pub async fn verify(event_store: &EventStore, read_model: &ReadModel) -> anyhow:
     // was already committed, so an event-store read taken afterwards holds
     // them all, and writes racing the comparison can only look "missing" or
     // "stale" (the projection lagging), never "extra".
-    let counted = read_model.count().await?;
-    let rows = read_model.all_rows().await?;
+    let (counted, rows) = read_model.counted_rows().await?;
     let mut expected: HashMap<Uuid, WarriorAggregate> = HashMap::new();
     for head in event_store.stream_heads().await? {
         let event = WarriorEvent::decode(&head.event_type, head.schema_version, &head.data)?;
