@@ -189,13 +189,15 @@ impl ReadModel {
             .cloned()
             .collect();
         let piece = index_piece(term).map(|piece| index_pattern(term, piece));
-        let names = name_query(piece.is_some());
-        let names = sqlx::query_as(&names)
-            .bind(piece.map_or_else(|| term.to_owned(), escape_like))
-            .bind(term);
-        let mut rows: Vec<WarriorRow> = if piece.is_some() {
-            names.fetch_all(&self.search_pool).await?
+        let sql = name_query(piece.is_some());
+        let mut rows: Vec<WarriorRow> = if let Some(piece) = piece {
+            sqlx::query_as(&sql)
+                .bind(escape_like(piece))
+                .bind(term)
+                .fetch_all(&self.search_pool)
+                .await?
         } else {
+            let names = sqlx::query_as(&sql).bind(term);
             // The search pool forbids sequential scans, which would leave the
             // name scan walking the newest-first index, several times slower
             // than a plain scan when matches are rare.
@@ -500,10 +502,10 @@ WITH taken AS (
        WHERE warrior_names.search_text <> EXCLUDED.search_text
 ), removed AS (
     DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
-), alphabet AS (
-    INSERT INTO name_characters (ch)
-    SELECT DISTINCT c FROM current, string_to_table(search_text, NULL) AS c
-    WHERE NOT deleted AND search_text ~ '[^a-z ]'
+), rare_characters AS (
+    INSERT INTO name_rare_characters (ch, id)
+    SELECT DISTINCT c, id FROM current, string_to_table(search_text, NULL) AS c
+    WHERE NOT deleted AND search_text ~ '[^a-z ]' AND c !~ '[a-z ]'
     ON CONFLICT DO NOTHING
 )
 SELECT count(*) FROM taken";
@@ -585,25 +587,37 @@ fn index_pattern<'a>(term: &'a str, piece: &'a str) -> &'a str {
     }
 }
 
-/// Live warriors whose name contains `$2`, at most [`PAGE`]: through the
-/// trigram index with `$1` an escaped [`index_piece`] of it, else (`$1` the
-/// term again) by a scan, which is skipped (a one-time filter) when the
-/// term holds a character no name has. Indexed candidates are checked
-/// against the whole term in `warrior_names` before the join, so one that
-/// holds the piece but not the term costs no lookup in `warriors` (a 3-letter
-/// piece had ~2,000 candidates in 224k names: 9.7 → 3.1 ms); the check on
-/// `warriors` keeps the answer true to the current row.
+/// Live warriors whose name contains the term, at most [`PAGE`].
+///
+/// Indexed (`$1` an escaped [`index_piece`] of the term `$2`): through the
+/// trigram index. Indexed candidates are checked against the whole term in
+/// `warrior_names` before the join, so one that holds the piece but not the
+/// term costs no lookup in `warriors` (a 3-letter piece had ~2,000
+/// candidates in 224k names: 9.7 → 3.1 ms); the check on `warriors` keeps
+/// the answer true to the current row.
+///
+/// Otherwise (`$1` the term): a term with a character other than a
+/// lower-case letter or the space (lower-cased by PostgreSQL, as the names
+/// are) looks up the names holding the first such character; no name holds
+/// it, no row. Only a term of letters and spaces scans rows until 50 names
+/// hold it: in any sizeable store that is found among the first rows read
+/// (the query needs sequential scans allowed).
 fn name_query(indexed: bool) -> String {
-    let candidates = if indexed {
-        "warrior_names n JOIN warriors w USING (id) WHERE n.search_text LIKE '%' || lower($1) || '%'
-           AND strpos(n.search_text, lower($2)) > 0"
-    } else {
-        "warriors w WHERE NOT EXISTS (SELECT FROM string_to_table(lower($1), NULL) AS c
-                                      WHERE NOT EXISTS (SELECT FROM name_characters WHERE ch = c))"
-    };
+    if indexed {
+        return format!(
+            "SELECT {WARRIOR_COLUMNS} FROM warrior_names n JOIN warriors w USING (id)
+             WHERE n.search_text LIKE '%' || lower($1) || '%' AND strpos(n.search_text, lower($2)) > 0
+               AND strpos(w.search_text, lower($2)) > 0 AND NOT w.deleted LIMIT {PAGE}"
+        );
+    }
+    let rare = "SELECT c FROM string_to_table(lower($1), NULL) AS c WHERE c !~ '[a-z ]' LIMIT 1";
     format!(
-        "SELECT {WARRIOR_COLUMNS} FROM {candidates}
-           AND strpos(w.search_text, lower($2)) > 0 AND NOT w.deleted LIMIT {PAGE}"
+        "SELECT {WARRIOR_COLUMNS} FROM name_rare_characters r JOIN warriors w USING (id)
+         WHERE r.ch = ({rare}) AND strpos(w.search_text, lower($1)) > 0 AND NOT w.deleted
+         UNION ALL
+         SELECT {WARRIOR_COLUMNS} FROM warriors w
+         WHERE NOT EXISTS ({rare}) AND strpos(w.search_text, lower($1)) > 0 AND NOT w.deleted
+         LIMIT {PAGE}"
     )
 }
 

@@ -127,6 +127,25 @@ async fn search_follows_a_rename() {
     .await;
 }
 
+/// A term without trigrams whose characters are not ASCII letters (two CJK
+/// ideographs here, unique to this run) is found through the names holding
+/// one of its characters, not by reading every row.
+#[tokio::test]
+async fn a_term_of_rare_characters_finds_its_warrior() {
+    let stack = Stack::from_env();
+    let pick = |n: u128| char::from_u32(0x4E00 + (n % 0x5000) as u32).expect("a CJK ideograph");
+    let seed = uuid::Uuid::new_v4().as_u128();
+    let term: String = [pick(seed), pick(seed >> 32)].iter().collect();
+    let created = stack
+        .create(&json!({"name": format!("Li {term}"), "dob": "1600-01-01", "fight_skills": null}))
+        .await;
+    poll_until(SEARCHABLE, "search by rare characters to find the warrior", || async {
+        let hits: Vec<Value> = stack.search(&term).await.json().await.ok()?;
+        (hits == vec![created.clone()]).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn search_answers_any_term_with_matches_only() {
     let stack = Stack::from_env();
