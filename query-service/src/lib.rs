@@ -387,10 +387,13 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         // through the trigram or array index. The generic plan keeps to the
         // indexes, and costs no planning per search. The one search that can
         // only scan (a term without a trigram) allows it for itself.
+        // No parallel workers either: the generic plan of a search without
+        // trigrams forked two for every search.
         .connect_lazy_with(search_options.options([
             ("statement_timeout", config.search_timeout_ms.to_string()),
             ("enable_seqscan", "off".to_owned()),
             ("plan_cache_mode", "force_generic_plan".to_owned()),
+            ("max_parallel_workers_per_gather", "0".to_owned()),
         ]));
     let read_model = ReadModel::new(read_pool).with_search_pool(search_pool);
     // The projector (and the search indexer) write through connections of

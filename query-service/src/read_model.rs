@@ -200,8 +200,16 @@ impl ReadModel {
             let names = sqlx::query_as(&sql).bind(term);
             // The search pool forbids sequential scans, which would leave the
             // name scan walking the newest-first index, several times slower
-            // than a plain scan when matches are rare.
-            self.search_with("SET LOCAL enable_seqscan = on", names).await?
+            // than a plain scan when matches are rare. Allowed them, the
+            // generic plan joined the names holding a rare character by
+            // hashing every row (2 s for "ø" at 1.5M warriors): nested
+            // loops only (0.3 ms).
+            self.search_with(
+                "SELECT set_config('enable_seqscan', 'on', true), set_config('enable_hashjoin', 'off', true),
+                        set_config('enable_mergejoin', 'off', true)",
+                names,
+            )
+            .await?
         };
         if !skills.is_empty() {
             rows.extend(self.holding_skills(skills).await?);
@@ -251,15 +259,15 @@ impl ReadModel {
         .await
     }
 
-    /// Runs a search query on the search pool with one planner setting
-    /// changed for it alone (`setting` is a `SET LOCAL` statement).
+    /// Runs a search query on the search pool with planner settings changed
+    /// for it alone (`settings`: a statement setting them transaction-local).
     async fn search_with<'q>(
         &self,
-        setting: &'static str,
+        settings: &'static str,
         query: QueryAs<'q, Postgres, WarriorRow, PgArguments>,
     ) -> Result<Vec<WarriorRow>, sqlx::Error> {
         let mut tx = self.search_pool.begin().await?;
-        sqlx::query(setting).execute(&mut *tx).await?;
+        sqlx::query(settings).execute(&mut *tx).await?;
         let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
         Ok(rows)
