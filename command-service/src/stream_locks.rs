@@ -15,36 +15,49 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 use uuid::Uuid;
 
-type Lane = Arc<AsyncMutex<()>>;
+/// One warrior's queue, and how many writers hold or await it.
+#[derive(Debug, Default)]
+struct Lane {
+    turn: Arc<AsyncMutex<()>>,
+    writers: usize,
+}
 
-/// The lanes in use, one per warrior being written; an entry lives as long
-/// as someone holds or awaits its lane, so the map stays as small as the
-/// number of warriors written at this moment.
+/// The lanes in use, one per warrior being written; a lane goes when its
+/// last writer is done (or gave up waiting), so the map stays as small as
+/// the number of warriors written at this moment.
 #[derive(Debug, Default)]
 pub struct StreamLocks {
     lanes: Mutex<HashMap<Uuid, Lane>>,
 }
 
-/// Held while writing one warrior; the next writer proceeds on drop.
+/// A writer's place in a warrior's lane: its turn once [`StreamLocks::lock`]
+/// returned. Dropped, the next writer proceeds; dropped while still waiting
+/// (a cancelled request), it leaves the queue.
 #[derive(Debug)]
 pub struct StreamGuard<'a> {
     locks: &'a StreamLocks,
     id: Uuid,
-    lane: Lane,
-    guard: Option<OwnedMutexGuard<()>>,
+    turn: Option<OwnedMutexGuard<()>>,
 }
 
 impl StreamLocks {
     /// Waits for the writers of `id` queued before this one.
     pub async fn lock(&self, id: Uuid) -> StreamGuard<'_> {
-        let lane = self.lanes().entry(id).or_default().clone();
-        let guard = lane.clone().lock_owned().await;
-        StreamGuard {
+        let turn = {
+            let mut lanes = self.lanes();
+            let lane = lanes.entry(id).or_default();
+            lane.writers += 1;
+            Arc::clone(&lane.turn)
+        };
+        // Counted from here on: if this wait is cancelled, the guard's drop
+        // takes the writer out again.
+        let mut guard = StreamGuard {
             locks: self,
             id,
-            lane,
-            guard: Some(guard),
-        }
+            turn: None,
+        };
+        guard.turn = Some(turn.lock_owned().await);
+        guard
     }
 
     /// How many warriors have a lane now.
@@ -65,12 +78,13 @@ impl StreamLocks {
 
 impl Drop for StreamGuard<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
+        drop(self.turn.take());
         let mut lanes = self.locks.lanes();
-        // The map's reference and this one: nobody else holds or awaits the
-        // lane, and nobody can take it from the map while it is locked.
-        if Arc::strong_count(&self.lane) == 2 {
-            lanes.remove(&self.id);
+        if let Some(lane) = lanes.get_mut(&self.id) {
+            lane.writers -= 1;
+            if lane.writers == 0 {
+                lanes.remove(&self.id);
+            }
         }
     }
 }
@@ -120,5 +134,29 @@ mod tests {
         assert_eq!(locks.len(), 1, "the waiter still needs the lane");
         waiter.await;
         assert!(locks.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_gives_up_waiting_leaves_no_lane_behind() {
+        let locks = StreamLocks::default();
+        let id = Uuid::now_v7();
+        let first = locks.lock(id).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), locks.lock(id)).await;
+        assert!(gave_up.is_err(), "the second writer waits for the first");
+        drop(first);
+        assert!(locks.is_empty(), "{} lanes left", locks.len());
+        let again = tokio::time::timeout(Duration::from_secs(1), locks.lock(id)).await;
+        assert!(again.is_ok(), "the warrior can be written again");
+        drop(again);
+
+        // Given its turn, but cancelled before it could take it.
+        let first = locks.lock(id).await;
+        let mut waiter = Box::pin(locks.lock(id));
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut waiter)
+            .await
+            .is_err());
+        drop(first);
+        drop(waiter);
+        assert!(locks.is_empty(), "{} lanes left", locks.len());
     }
 }
