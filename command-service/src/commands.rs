@@ -172,7 +172,7 @@ impl Commands {
         &self,
         id: Uuid,
         draft: &WarriorDraft,
-        if_match: Option<i64>,
+        if_match: Option<&[i64]>,
         meta: &RequestMeta,
     ) -> Result<Warrior, CommandError> {
         let event = WarriorEvent::Updated(WarriorState::from(draft));
@@ -181,7 +181,7 @@ impl Commands {
     }
 
     /// Deletes a live warrior; returns the version of the deletion event.
-    pub async fn delete(&self, id: Uuid, if_match: Option<i64>, meta: &RequestMeta) -> Result<i64, CommandError> {
+    pub async fn delete(&self, id: Uuid, if_match: Option<&[i64]>, meta: &RequestMeta) -> Result<i64, CommandError> {
         self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta).await
     }
 
@@ -207,12 +207,12 @@ impl Commands {
     }
 
     /// Appends `event` on top of a live stream, re-deciding after lost races
-    /// unless the caller pinned a version with `If-Match`.
+    /// unless the caller pinned the versions it accepts with `If-Match`.
     async fn append_on_live(
         &self,
         id: Uuid,
         event: &WarriorEvent,
-        if_match: Option<i64>,
+        if_match: Option<&[i64]>,
         meta: &RequestMeta,
     ) -> Result<i64, CommandError> {
         // With If-Match a lost race is the answer (412), so no need to queue.
@@ -227,7 +227,7 @@ impl Commands {
             }
             let current = aggregate.version;
             if let Some(expected) = if_match {
-                if expected != current {
+                if !expected.contains(&current) {
                     return Err(CommandError::VersionMismatch { current });
                 }
             }

@@ -154,7 +154,7 @@ pub async fn replace(
     let draft: WarriorDraft = parse_warrior(&body.0, today())?;
     let warrior = app
         .commands
-        .replace(id, &draft, if_match(&headers), &request_meta(&headers))
+        .replace(id, &draft, if_match(&headers).as_deref(), &request_meta(&headers))
         .await?;
     Ok(with_etag(StatusCode::OK, &warrior, None))
 }
@@ -183,7 +183,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     app.commands
-        .delete(id, if_match(&headers), &request_meta(&headers))
+        .delete(id, if_match(&headers).as_deref(), &request_meta(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -298,8 +298,9 @@ pub struct WarriorId {
 #[into_params(parameter_in = Header)]
 #[allow(dead_code)]
 pub struct IfMatch {
-    /// `"N"` (or `W/"N"`): apply only if the current version is N, else 412
-    /// and nothing is written. `*` or absent: apply on top of the latest.
+    /// `"N"` (or `W/"N"`, or a list such as `"1", "2"`): apply only if the
+    /// current version is one of them, else 412 and nothing is written. `*`
+    /// or absent: apply on top of the latest.
     #[param(rename = "If-Match", required = false, example = "\"1\"")]
     if_match: String,
 }
@@ -339,15 +340,29 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| crate::commands::CommandError::NotFound.into())
 }
 
-/// `If-Match: "N"` (or `W/"N"`). A value that names no version can never
-/// match; it is kept as an impossible version so the command answers 412.
-fn if_match(headers: &HeaderMap) -> Option<i64> {
-    let raw = headers.get(header::IF_MATCH)?.to_str().unwrap_or_default().trim();
-    if raw == "*" {
+/// The versions `If-Match` accepts: a list of `"N"` (or `W/"N"`) entity
+/// tags, in one header or several (RFC 9110); `None` without the header or
+/// with `*`. A tag that names no version can never match, so it adds
+/// nothing: with none left the list is empty and the command answers 412.
+fn if_match(headers: &HeaderMap) -> Option<Vec<i64>> {
+    let values: Vec<&str> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(|value| value.to_str().unwrap_or_default())
+        .collect();
+    if values.is_empty() || values.iter().any(|value| value.trim() == "*") {
         return None;
     }
-    let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    Some(tag.parse().unwrap_or(-1))
+    Some(
+        values
+            .iter()
+            .flat_map(|value| value.split(','))
+            .filter_map(|tag| {
+                let tag = tag.trim();
+                tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"').parse().ok()
+            })
+            .collect(),
+    )
 }
 
 /// What every write records besides its event: the request id.
@@ -370,4 +385,35 @@ fn create_meta(headers: &HeaderMap) -> Result<RequestMeta, ApiError> {
         idempotency_key,
         ..request_meta(headers)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn with_if_match(values: &[&'static str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::IF_MATCH, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn if_match_reads_lists_weak_tags_and_several_headers() {
+        assert_eq!(if_match(&HeaderMap::new()), None);
+        assert_eq!(if_match(&with_if_match(&["*"])), None);
+        assert_eq!(if_match(&with_if_match(&["\"3\""])), Some(vec![3]));
+        assert_eq!(if_match(&with_if_match(&["W/\"3\""])), Some(vec![3]));
+        assert_eq!(if_match(&with_if_match(&["\"1\", W/\"2\""])), Some(vec![1, 2]));
+        assert_eq!(if_match(&with_if_match(&["\"1\"", "\"4\""])), Some(vec![1, 4]));
+    }
+
+    #[test]
+    fn an_if_match_naming_no_version_matches_nothing() {
+        assert_eq!(if_match(&with_if_match(&["\"abc\""])), Some(vec![]));
+        assert_eq!(if_match(&with_if_match(&[""])), Some(vec![]));
+    }
 }

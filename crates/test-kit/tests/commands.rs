@@ -79,6 +79,23 @@ async fn stale_if_match_is_a_412_and_writes_nothing() {
     assert_eq!(history.len(), 1);
 }
 
+/// RFC 9110: If-Match may list several entity tags; any of them matching is enough.
+#[tokio::test]
+async fn if_match_with_a_list_applies_when_one_tag_names_the_current_version() {
+    let stack = Stack::from_env();
+    let id = id_of(&stack.create(&new_warrior()).await);
+    assert_eq!(
+        put(&stack, &id, &new_warrior(), Some("\"7\", \"1\"")).await.status(),
+        200
+    );
+    assert_eq!(
+        put(&stack, &id, &new_warrior(), Some("\"1\", W/\"3\"")).await.status(),
+        412
+    );
+    assert_eq!(delete(&stack, &id, Some("W/\"9\", \"2\"")).await.status(), 204);
+    assert_eq!(history(&stack, &id).await.len(), 3);
+}
+
 #[tokio::test]
 async fn of_fifty_concurrent_puts_with_the_same_if_match_exactly_one_wins() {
     let stack = Stack::from_env();
