@@ -7,6 +7,7 @@ and off) are interleaved inside each run so the machine's noise hits both.
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -33,8 +34,9 @@ def dev_env():
     out = subprocess.run([str(ROOT / "dev"), "env"], check=True, capture_output=True, text=True).stdout
     env = {}
     for line in out.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value.strip("'\"")
+        # Shell-quoted (the database URLs hold '?' and '&'): unquote as sh would.
+        key, _, value = shlex.split(line.removeprefix("export "))[0].partition("=")
+        env[key] = value
     return env
 
 

@@ -749,7 +749,7 @@ def dry_run(args):
     run["hwm"] = run["sampler"].finish()
     run["self_cpu"] = cpu_of(resource.getrusage(resource.RUSAGE_SELF)) - self0
     if args.lag_since:
-        run["env"] = dev_env()
+        run["env"] = benchlib.dev_env()  # without ./dev up (dry run)
         run["lag"] = safe(lambda: projection_lag(run["env"]["READ_MODEL_URL"], args.lag_since), "not measured")
     stats = safe_stats(report)
     all_ko = next((v["KO"] for n, v in stats if n == "All Requests"), None)
@@ -936,16 +936,6 @@ def safe(fn, label):
             lines = e.stderr.strip().splitlines()
             detail = next((l for l in lines if "ERROR" in l or "error" in l), lines[0]).strip()
         return f"{label} ({detail})"
-
-
-def dev_env():
-    """`./dev env` without `./dev up` (dry run)."""
-    out = subprocess.run([str(ROOT / "dev"), "env"], check=True, capture_output=True, text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value.strip("'\"")
-    return env
 
 
 if __name__ == "__main__":
