@@ -27,6 +27,8 @@ from benchlib import psql
 
 CREATE = benchlib.random_create_lua()
 
+WARM_UP_SECONDS = 3
+
 LOOKUP = """
 local ids = {}
 for line in io.lines("%s") do ids[#ids + 1] = line end
@@ -69,13 +71,14 @@ def load_up_to(env, target):
     wrk run is sized by the previous one's rate, and the count is read once
     the projection has caught up: fixed 10 s runs against a lagging count
     once stopped at 229k warriors for a target of 150k, and search times
-    grow with the table."""
-    seconds = 10
+    grow with the table. The first run (2 s) only measures the rate: a first
+    10 s run loaded 185k at 18.5k creates/s."""
+    seconds = 2  # a probe: its rate sizes the next run
     while (have := count(env["GATEWAY_URL"])) < target:
         print(f"loading: {have} of {target} warriors", flush=True)
         rate = max(benchlib.wrk(env["COMMAND_URL"] + "/warrior", 64, seconds, CREATE)["rps"], 1.0)
-        seconds = max(1, min(10, math.ceil((target - have - rate * seconds) / rate)))
         wait_caught_up(env)
+        seconds = max(1, min(10, math.ceil((target - count(env["GATEWAY_URL"])) / rate)))
 
 
 def metric_total(url, name):
@@ -148,7 +151,14 @@ def main():
     results = {"lookup": [], "search": [], "lag_p50": [], "lag_p99": [], "rate": []}
     try:
         for run in range(args.runs):
+            # The previous run's creates leave merges for the search indexer.
+            wait_caught_up(env)
+            print(f"quiet after {benchlib.wait_quiet(seconds=180):.0f} s", flush=True)
             for name, lua, path in (("lookup", LOOKUP % id_file.name, "/"), ("search", SEARCH, "/")):
+                # Warm-up, not counted: the first run after loading read pages
+                # not yet in shared buffers (lookups 21k/s, search p99 41 ms,
+                # against 25-29k and 14-17 ms in the runs after it).
+                benchlib.wrk(env["QUERY_URL"] + path, args.connections, WARM_UP_SECONDS, lua)
                 figures = benchlib.wrk(env["QUERY_URL"] + path, args.connections, args.seconds, lua)
                 results[name].append(figures)
                 print(f"run {run + 1} {name}: {figures}", flush=True)
@@ -176,7 +186,8 @@ def main():
         f"`load-tests/bench_reads.py --warriors {args.warriors} --runs {args.runs} --seconds {args.seconds}`: wrk with "
         f"{args.connections} connections straight at query-service, {count(env['GATEWAY_URL'])} live warriors. "
         "Lookups go over 20,000 random known ids (each lookup also checks the event store's head version for read "
-        "your writes); search terms are 1–50 random letters and spaces. Medians of the runs.",
+        "your writes); search terms are 1–50 random letters and spaces. Each measured run follows "
+        f"{WARM_UP_SECONDS} s of the same requests, not counted. Medians of the runs.",
         "",
         "| request | req/s | p50 ms | p99 ms | non-2xx |",
         "|---|---|---|---|---|",
