@@ -92,10 +92,8 @@ where
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(batching.max_batch);
                 while shared.gather(&mut batch, batching).await {
-                    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+                    let _out = InFlight::new(&shared);
                     answer(source, load.as_ref(), &mut batch).await;
-                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    shared.returned.notify_waiters();
                 }
             });
         }
@@ -149,6 +147,24 @@ impl<K, V, E> Workers<K, V, E> {
             }
         }
         true
+    }
+}
+
+/// Counts one batch as out until dropped, even by a panicking loader: a
+/// count left behind would hold every later short batch back.
+struct InFlight<'a, K, V, E>(&'a Workers<K, V, E>);
+
+impl<'a, K, V, E> InFlight<'a, K, V, E> {
+    fn new(workers: &'a Workers<K, V, E>) -> Self {
+        workers.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(workers)
+    }
+}
+
+impl<K, V, E> Drop for InFlight<'_, K, V, E> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.returned.notify_waiters();
     }
 }
 
@@ -222,18 +238,23 @@ mod tests {
         (coalescer, batches, release)
     }
 
+    /// `coalescer.get(key)` in a task of its own.
+    fn spawn_get(
+        coalescer: &Coalescer<u32, u32, ()>,
+        key: u32,
+    ) -> tokio::task::JoinHandle<Result<Option<u32>, CoalesceError<()>>> {
+        let coalescer = coalescer.clone();
+        tokio::spawn(async move { coalescer.get(key).await })
+    }
+
     #[tokio::test]
     async fn while_a_batch_is_out_the_next_goes_once_it_holds_enough_keys() {
         let (coalescer, mut batches, release) = pipelined();
-        let first = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.get(0).await }
-        });
+        let first = spawn_get(&coalescer, 0);
         assert_eq!(batches.recv().await, Some(vec![0]));
         let mut others = Vec::new();
         for k in 1..=3u32 {
-            let coalescer = coalescer.clone();
-            others.push(tokio::spawn(async move { coalescer.get(k).await }));
+            others.push(spawn_get(&coalescer, k));
             // Each key reaches the worker on its own: a worker that sent
             // what it had would send this one alone.
             for _ in 0..10 {
@@ -254,15 +275,9 @@ mod tests {
     #[tokio::test]
     async fn a_short_batch_goes_when_the_batch_out_is_back() {
         let (coalescer, mut batches, release) = pipelined();
-        let first = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.get(0).await }
-        });
+        let first = spawn_get(&coalescer, 0);
         assert_eq!(batches.recv().await, Some(vec![0]));
-        let second = tokio::spawn({
-            let coalescer = coalescer.clone();
-            async move { coalescer.get(1).await }
-        });
+        let second = spawn_get(&coalescer, 1);
         release.notify_one();
         assert_eq!(first.await.expect("task").expect("lookup"), Some(0));
         assert_eq!(batches.recv().await, Some(vec![1]));
