@@ -95,6 +95,16 @@ async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
     }
 }
 
+/// Polls (bounded by [`SEARCHABLE`]) until searching `term` returns exactly
+/// `warrior`: the search index follows the projection a moment behind.
+async fn search_until_only(stack: &Stack, term: &str, warrior: &Value, what: &str) {
+    poll_until(SEARCHABLE, what, || async {
+        let hits: Vec<Value> = stack.search(term).await.json().await.ok()?;
+        (hits == [warrior.clone()]).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn search_follows_a_rename() {
     let stack = Stack::from_env();
@@ -105,11 +115,7 @@ async fn search_follows_a_rename() {
     let created = stack
         .create(&json!({"name": format!("Before {old}"), "dob": "1600-01-01", "fight_skills": null}))
         .await;
-    poll_until(SEARCHABLE, "search to find the first name", || async {
-        let hits: Vec<Value> = stack.search(&old).await.json().await.ok()?;
-        (hits == vec![created.clone()]).then_some(())
-    })
-    .await;
+    search_until_only(&stack, &old, &created, "search to find the first name").await;
     let put = stack
         .http
         .put(stack.at(&format!("/warrior/{}", created["id"].as_str().expect("id"))))
@@ -139,11 +145,7 @@ async fn a_term_of_rare_characters_finds_its_warrior() {
     let created = stack
         .create(&json!({"name": format!("Li {term}"), "dob": "1600-01-01", "fight_skills": null}))
         .await;
-    poll_until(SEARCHABLE, "search by rare characters to find the warrior", || async {
-        let hits: Vec<Value> = stack.search(&term).await.json().await.ok()?;
-        (hits == vec![created.clone()]).then_some(())
-    })
-    .await;
+    search_until_only(&stack, &term, &created, "search by rare characters to find the warrior").await;
 }
 
 #[tokio::test]
