@@ -61,8 +61,14 @@ impl OutboxLease {
     /// The oldest unpublished events, in commit-safe position order: per
     /// stream, a later version is always at a later position.
     pub async fn next_batch(&mut self, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
+        // The outbox's first rows, then their events: left to the planner,
+        // the join walked the events from position 1 and probed the outbox
+        // for each once the outbox held a backlog of millions (its estimate
+        // then says most events are in it), 0.8 s a round at 3.7M waiting
+        // (1,300 events/s), against 2 ms this way.
         let sql = format!(
-            "SELECT {} FROM outbox JOIN events USING (position) ORDER BY position LIMIT $1",
+            "SELECT {} FROM (SELECT position FROM outbox ORDER BY position LIMIT $1) AS next \
+             JOIN events USING (position) ORDER BY position",
             EventStore::event_columns()
         );
         Ok(sqlx::query_as(&sql).bind(limit).fetch_all(&mut self.conn).await?)
