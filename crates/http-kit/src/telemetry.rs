@@ -1,17 +1,17 @@
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Request as AxumRequest, State};
-use axum::http::{HeaderName, Request, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
 
 use crate::metrics::{render_metrics, track_requests};
 use crate::{Problem, MAX_BODY_BYTES};
@@ -66,11 +66,9 @@ pub async fn shutdown_signal() {
 }
 
 /// Wraps a service's routes with what every endpoint needs: latency metrics
-/// and `GET /metrics`, a request id
-/// (kept from nginx or generated) echoed on the response and recorded on the
-/// request's span, the body limit, a request timeout, a problem+json 404 for
-/// unknown routes and methods, and a panic guard that answers 500 instead of dropping the
-/// connection.
+/// and `GET /metrics`, the request's frame (see [`frame`]), the body limit,
+/// a problem+json 404 for unknown routes and methods, and a panic guard that
+/// answers 500 instead of dropping the connection.
 pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: PrometheusHandle) -> Router {
     router
         .route_layer(middleware::from_fn(track_requests))
@@ -81,35 +79,68 @@ pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: Pr
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
-        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        }))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn_with_state(request_timeout, frame))
 }
 
-/// Answers a request still running after `limit` with a problem+json 503
-/// (tower-http's TimeoutLayer answers with an empty body). Each service's
-/// default limit is below nginx's `proxy_read_timeout`, so a client through
-/// the gateway gets this answer rather than the gateway's 504.
-async fn time_limit(State(limit): State<Duration>, request: AxumRequest, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the request took longer than {} ms; retry later", limit.as_millis()),
-            )
-            .into_response()
+/// Every request's frame, in one middleware:
+/// - its id: nginx's `X-Request-Id`, or a new one, set on the request (for
+///   handlers and Kafka headers) and echoed on the response;
+/// - a `request` span carrying that id, so every log line of the request
+///   names it;
+/// - the time limit: a request still running after `limit` gets a
+///   problem+json 503 (tower-http's TimeoutLayer answers with an empty body).
+///   Each service's default limit is below nginx's `proxy_read_timeout`, so a
+///   client through the gateway gets this answer rather than the gateway's 504;
+/// - a log line for each 5xx (a debug one for every response).
+///
+/// tower-http's request-id, propagate-id, trace and timeout layers did the
+/// same in ~2.5 µs more per request (measured in-process: the whole stack
+/// took 5.4 µs a request with them): a quarter of a trivial request's cost.
+async fn frame(State(limit): State<Duration>, mut request: AxumRequest, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = match request.headers().get(REQUEST_ID) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID, id.clone());
+            id
         }
+    };
+    let span = tracing::info_span!("request", request_id = request_id.to_str().unwrap_or_default());
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let mut response = async {
+        let response = match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the request took longer than {} ms; retry later", limit.as_millis()),
+                )
+                .into_response()
+            }
+        };
+        let status = response.status().as_u16();
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        if response.status().is_server_error() {
+            tracing::error!(%method, %uri, status, latency_ms, "request failed");
+        } else {
+            tracing::debug!(%method, %uri, status, latency_ms, "response");
+        }
+        response
     }
+    .instrument(span)
+    .await;
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+/// A fresh request id: a random UUID, as nginx's `$request_id` is random hex.
+fn new_request_id() -> HeaderValue {
+    let mut buffer = Uuid::encode_buffer();
+    let id = Uuid::new_v4().hyphenated().encode_lower(&mut buffer);
+    HeaderValue::from_str(id).unwrap_or_else(|_| unreachable!("a hyphenated UUID is a valid header value"))
 }
 
 async fn method_not_allowed() -> Problem {
@@ -123,10 +154,71 @@ async fn not_found() -> Problem {
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
+    use axum::http::Request;
     use metrics_exporter_prometheus::PrometheusBuilder;
     use tower::ServiceExt;
 
     use super::*;
+
+    fn metrics() -> PrometheusHandle {
+        PrometheusBuilder::new().build_recorder().handle()
+    }
+
+    /// A route answering with the request id its handler saw.
+    fn echo_id() -> Router {
+        let echo = get(|headers: axum::http::HeaderMap| async move {
+            headers
+                .get(REQUEST_ID)
+                .and_then(|id| id.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        });
+        with_common_layers(Router::new().route("/id", echo), Duration::from_secs(5), metrics())
+    }
+
+    async fn body_text(response: Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        String::from_utf8(body.to_vec()).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn the_gateways_request_id_reaches_the_handler_and_the_response() {
+        let request = Request::get("/id")
+            .header(REQUEST_ID, "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b")
+            .body(Body::empty())
+            .expect("request");
+        let response = echo_id().oneshot(request).await.expect("infallible");
+        assert_eq!(response.headers()[REQUEST_ID], "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
+        assert_eq!(body_text(response).await, "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_id_gets_a_fresh_one_on_both_sides() {
+        let ask = || Request::get("/id").body(Body::empty()).expect("request");
+        let first = echo_id().oneshot(ask()).await.expect("infallible");
+        let echoed = first.headers()[REQUEST_ID].to_str().expect("ascii").to_owned();
+        let seen = body_text(first).await;
+        assert_eq!(echoed, seen, "the handler and the client see the same id");
+        assert!(Uuid::parse_str(&seen).is_ok(), "{seen}");
+        let second = echo_id().oneshot(ask()).await.expect("infallible");
+        assert_ne!(
+            second.headers()[REQUEST_ID].to_str().expect("ascii"),
+            seen,
+            "ids are fresh"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_carry_the_request_id_too() {
+        let request = Request::get("/nowhere")
+            .header(REQUEST_ID, "abc")
+            .body(Body::empty())
+            .expect("request");
+        let response = echo_id().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers().get_all(REQUEST_ID).iter().count(), 1);
+        assert_eq!(response.headers()[REQUEST_ID], "abc");
+    }
 
     #[tokio::test]
     async fn a_request_over_the_time_limit_gets_a_problem_503() {
@@ -137,8 +229,7 @@ mod tests {
                 "late"
             }),
         );
-        let metrics = PrometheusBuilder::new().build_recorder().handle();
-        let app = with_common_layers(slow, Duration::from_millis(50), metrics);
+        let app = with_common_layers(slow, Duration::from_millis(50), metrics());
         let request = Request::get("/slow").body(Body::empty()).expect("request");
         let response = app.oneshot(request).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
