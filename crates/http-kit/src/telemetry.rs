@@ -13,7 +13,7 @@ use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use crate::metrics::{render_metrics, track_requests};
+use crate::metrics::{render_metrics, track_requests, RequestHistograms};
 use crate::{Problem, MAX_BODY_BYTES};
 
 /// Header correlating a request across nginx, both services and Kafka.
@@ -71,7 +71,10 @@ pub async fn shutdown_signal() {
 /// answers 500 instead of dropping the connection.
 pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: PrometheusHandle) -> Router {
     router
-        .route_layer(middleware::from_fn(track_requests))
+        .route_layer(middleware::from_fn_with_state(
+            RequestHistograms::default(),
+            track_requests,
+        ))
         .route("/metrics", get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
