@@ -175,6 +175,8 @@ def wrk(url, connections, seconds, lua):
     finally:
         os.unlink(script.name)
     percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    if set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"wrk printed no latency distribution:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
     return {
