@@ -46,7 +46,7 @@ pub fn render_metrics(handle: &PrometheusHandle) -> Response {
 /// handle found here costs a read lock and two hash lookups.
 #[derive(Clone, Default)]
 pub struct RequestHistograms {
-    by_status_and_method: Arc<RwLock<HashMap<(u16, Method), ByRoute>>>,
+    by_status_and_method: Arc<RwLock<HashMap<(u16, &'static str), ByRoute>>>,
 }
 
 /// The histograms of one status and method, by route pattern.
@@ -54,7 +54,8 @@ type ByRoute = HashMap<Box<str>, Histogram>;
 
 impl RequestHistograms {
     fn get(&self, status: StatusCode, method: &Method, route: &str) -> Histogram {
-        let key = (status.as_u16(), method.clone());
+        let method = method_label(method);
+        let key = (status.as_u16(), method);
         if let Some(histogram) = read(&self.by_status_and_method)
             .get(&key)
             .and_then(|routes| routes.get(route))
@@ -63,7 +64,7 @@ impl RequestHistograms {
         }
         let histogram = metrics::histogram!(
             "http_request_duration_seconds",
-            "method" => method.as_str().to_owned(),
+            "method" => method,
             "route" => route.to_owned(),
             "status" => status.as_str().to_owned(),
         );
@@ -72,6 +73,24 @@ impl RequestHistograms {
             .or_default()
             .insert(route.into(), histogram.clone());
         histogram
+    }
+}
+
+/// The method as a label: the standard ones by name, any other as `other`,
+/// so a client inventing methods cannot add series without bound (hyper
+/// accepts any token as a method, and a matched route's 405 is counted).
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
     }
 }
 
@@ -111,7 +130,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn requests_are_counted_by_route_pattern_method_and_status() {
+    async fn requests_are_counted_by_route_pattern_method_and_status_in_bounded_series() {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
             .expect("buckets")
@@ -129,10 +148,25 @@ mod tests {
             let response = app.clone().oneshot(request).await.expect("infallible");
             assert_eq!(response.status(), StatusCode::OK);
         }
+        for method in ["BREW", "WHEN"] {
+            let request = Request::builder()
+                .method(method)
+                .uri("/warrior/4")
+                .body(Body::empty())
+                .expect("request");
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        }
         let text = handle.render();
         assert!(
             text.contains(r#"http_request_duration_seconds_count{method="GET",route="/warrior/{id}",status="200"} 3"#),
             "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"http_request_duration_seconds_count{method="other",route="/warrior/{id}",status="405"} 2"#
+            ),
+            "invented methods share one series: {text}"
         );
     }
 }
