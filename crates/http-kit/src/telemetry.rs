@@ -179,6 +179,14 @@ mod tests {
         with_common_layers(Router::new().route("/id", echo), Duration::from_secs(5), metrics())
     }
 
+    /// A GET carrying the request id a gateway would have set.
+    fn get_with_id(path: &str, id: &str) -> Request<Body> {
+        Request::get(path)
+            .header(REQUEST_ID, id)
+            .body(Body::empty())
+            .expect("request")
+    }
+
     async fn body_text(response: Response) -> String {
         let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
         String::from_utf8(body.to_vec()).expect("utf-8")
@@ -186,10 +194,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_gateways_request_id_reaches_the_handler_and_the_response() {
-        let request = Request::get("/id")
-            .header(REQUEST_ID, "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b")
-            .body(Body::empty())
-            .expect("request");
+        let request = get_with_id("/id", "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
         let response = echo_id().oneshot(request).await.expect("infallible");
         assert_eq!(response.headers()[REQUEST_ID], "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
         assert_eq!(body_text(response).await, "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
@@ -213,11 +218,10 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_routes_carry_the_request_id_too() {
-        let request = Request::get("/nowhere")
-            .header(REQUEST_ID, "abc")
-            .body(Body::empty())
-            .expect("request");
-        let response = echo_id().oneshot(request).await.expect("infallible");
+        let response = echo_id()
+            .oneshot(get_with_id("/nowhere", "abc"))
+            .await
+            .expect("infallible");
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers().get_all(REQUEST_ID).iter().count(), 1);
         assert_eq!(response.headers()[REQUEST_ID], "abc");
