@@ -5,8 +5,9 @@
 //! ignores anything not newer, and the consumed offsets are written in the
 //! same transaction. Kafka offsets are stored (and committed in the
 //! background) only after that transaction, so a crash at any point replays
-//! events that change nothing, and never skips one. Undecodable events go to
-//! the dead-letter topic with the reason.
+//! events that change nothing, and never skips one. Undecodable events, and
+//! events the read model refuses (tried one at a time, [`POISON_ATTEMPTS`]
+//! times), go to the dead-letter topic with the reason.
 
 use std::time::Duration;
 
@@ -24,8 +25,12 @@ use uuid::Uuid;
 
 use crate::read_model::{Applicable, PartitionOffset, ReadModel};
 
-/// Pause before retrying a batch the read model refused.
+/// Pause before retrying a batch the read model could not take.
 const BACKOFF: Duration = Duration::from_millis(500);
+
+/// How many times the read model may refuse one event before it goes to the
+/// dead-letter topic.
+const POISON_ATTEMPTS: u32 = 3;
 
 /// Consumer callbacks: turns librdkafka's periodic statistics into the
 /// `projector_lag_events{partition}` gauge (high watermark − stored offset).
@@ -160,29 +165,53 @@ impl Projector {
     async fn process(&self, batch: Vec<Received>, shutdown: &mut watch::Receiver<bool>) -> bool {
         let offsets = next_offsets(&batch);
         let mut events = Vec::with_capacity(batch.len());
+        let mut origins = Vec::with_capacity(batch.len());
         for received in batch {
+            let origin = Origin {
+                partition: received.partition,
+                offset: received.offset,
+                key: received.key,
+                payload: received.payload,
+            };
             match received.decoded {
-                Ok(event) => events.push(event),
+                Ok(event) => {
+                    events.push(event);
+                    origins.push(origin);
+                }
                 Err(reason) => {
-                    self.dead_letter(
-                        received.partition,
-                        received.offset,
-                        &reason,
-                        received.key,
-                        received.payload,
-                    )
-                    .await
+                    if !self.dead_letter(&origin, &reason, shutdown).await {
+                        return false;
+                    }
                 }
             }
         }
         loop {
             match self.read_model.apply(&self.topic, &events, &offsets).await {
                 Ok(()) => break,
+                Err(error) if refuses_data(&error) => {
+                    tracing::warn!(%error, "the read model refuses an event of this batch; applying one by one");
+                    match self
+                        .apply_one_by_one(std::mem::take(&mut events), std::mem::take(&mut origins), shutdown)
+                        .await
+                    {
+                        Some(applied) => events = applied,
+                        None => return false,
+                    }
+                    // The good events are in; what is left is storing the offsets.
+                    match self.read_model.apply(&self.topic, &[], &offsets).await {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot store the batch's offsets; retrying");
+                            if !pause(BACKOFF, shutdown).await {
+                                return false;
+                            }
+                        }
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot apply batch to the read model; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(BACKOFF) => {}
-                        _ = shutdown.changed() => return false,
+                    if !pause(BACKOFF, shutdown).await {
+                        return false;
                     }
                 }
             }
@@ -195,6 +224,53 @@ impl Projector {
             .send(Arc::new(events.iter().map(|e| (e.aggregate_id, e.version)).collect()));
         self.store_offsets(&offsets);
         true
+    }
+
+    /// Applies the events of a batch the read model refused one at a time
+    /// (offsets aside), in order, so one poison event cannot hold the others
+    /// back. An event refused [`POISON_ATTEMPTS`] times goes to the
+    /// dead-letter topic with the database's error; an outage (anything but
+    /// a refusal of the data) is waited out, never dead-lettered. Returns the
+    /// events applied, or `None` if shutdown interrupted.
+    async fn apply_one_by_one(
+        &self,
+        events: Vec<Applicable>,
+        origins: Vec<Origin>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<Applicable>> {
+        let mut applied = Vec::with_capacity(events.len());
+        for (event, origin) in events.into_iter().zip(origins) {
+            let mut refusals = 0;
+            loop {
+                match self
+                    .read_model
+                    .apply(&self.topic, std::slice::from_ref(&event), &[])
+                    .await
+                {
+                    Ok(()) => {
+                        applied.push(event);
+                        break;
+                    }
+                    Err(error) if refuses_data(&error) => {
+                        refusals += 1;
+                        if refusals >= POISON_ATTEMPTS {
+                            let reason = format!("the read model refused it {refusals} times: {error}");
+                            if !self.dead_letter(&origin, &reason, shutdown).await {
+                                return None;
+                            }
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot apply an event to the read model; retrying");
+                        if !pause(BACKOFF, shutdown).await {
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+        Some(applied)
     }
 
     /// Records progress in Kafka too, for monitoring and as the restart
@@ -213,16 +289,13 @@ impl Projector {
         }
     }
 
-    /// Sends an undecodable message to the dead-letter topic, with the reason
-    /// and its origin in headers, then lets the projector move on.
-    async fn dead_letter(
-        &self,
-        partition: i32,
-        offset: i64,
-        reason: &str,
-        key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-    ) {
+    /// Sends a poison message to the dead-letter topic, with the reason and
+    /// its origin in headers, so the projector can move past it. Retries
+    /// until Kafka takes it: the offset must not pass a message that is in
+    /// neither the read model nor the dead-letter topic. False if shutdown
+    /// came first (the message is then consumed again after the restart).
+    async fn dead_letter(&self, message: &Origin, reason: &str, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let Origin { partition, offset, .. } = *message;
         tracing::error!(
             partition,
             offset,
@@ -231,29 +304,68 @@ impl Projector {
         );
         let source = format!("{}/{partition}/{offset}", self.topic);
         let dlq = messaging::dlq_topic(&self.topic);
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: messaging::HEADER_DLQ_ERROR,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: messaging::HEADER_DLQ_SOURCE,
-                value: Some(source.as_str()),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
-        if let Some(key) = key.as_deref() {
-            record = record.key(key);
-        }
-        if let Some(payload) = payload.as_deref() {
-            record = record.payload(payload);
-        }
-        match self.dlq_producer.send(record, Duration::from_secs(10)).await {
-            Ok(_) => metrics::counter!("dlq_messages_total").increment(1),
-            Err((error, _)) => {
-                metrics::counter!("dlq_write_failures_total").increment(1);
-                tracing::error!(%error, source, "could not write to the dead-letter topic");
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: messaging::HEADER_DLQ_ERROR,
+                    value: Some(reason),
+                })
+                .insert(Header {
+                    key: messaging::HEADER_DLQ_SOURCE,
+                    value: Some(source.as_str()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlq).headers(headers);
+            if let Some(key) = message.key.as_deref() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload.as_deref() {
+                record = record.payload(payload);
+            }
+            match self.dlq_producer.send(record, Duration::from_secs(10)).await {
+                Ok(_) => {
+                    metrics::counter!("dlq_messages_total").increment(1);
+                    return true;
+                }
+                Err((error, _)) => {
+                    metrics::counter!("dlq_write_failures_total").increment(1);
+                    tracing::error!(%error, source, "could not write to the dead-letter topic; retrying");
+                    if !pause(BACKOFF, shutdown).await {
+                        return false;
+                    }
+                }
             }
         }
+    }
+}
+
+/// Where a consumed message came from, and its bytes: what the dead-letter
+/// topic gets if it turns out to be poison.
+struct Origin {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+/// Whether the read model refused the data itself (PostgreSQL's classes 22,
+/// data exception, e.g. a NUL in a name; 23, integrity; 54, program limit,
+/// e.g. an index row too large): the same event fails the same way on every
+/// try. Anything else (connections, timeouts, shutdowns, deadlocks) is an
+/// outage to wait out, not a reason to drop an event.
+fn refuses_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .code()
+            .is_some_and(|code| ["22", "23", "54"].iter().any(|class| code.starts_with(class))),
+        _ => false,
+    }
+}
+
+/// Sleeps `duration` unless shutdown comes first; false if it did.
+async fn pause(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => true,
+        _ = shutdown.changed() => false,
     }
 }
 

@@ -103,3 +103,93 @@ async fn a_poison_message_goes_to_the_dlq_and_later_events_are_still_applied() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn an_event_the_read_model_refuses_goes_to_the_dlq_and_later_events_are_still_applied() {
+    let stack = Stack::from_env();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .create()
+        .expect("producer");
+    // Well-formed events whose name holds a NUL, which PostgreSQL's text
+    // refuses: they decode, so only the read model can tell. One in every
+    // partition, so whichever partition the next warrior lands in, its event
+    // sits behind one.
+    let mut poisoned = Vec::new();
+    for partition in 0..3 {
+        let id = uuid::Uuid::now_v7();
+        let payload = serde_json::json!({
+            "event_id": uuid::Uuid::now_v7(),
+            "event_type": "WarriorCreated",
+            "aggregate_id": id,
+            "version": 1,
+            "schema_version": 2,
+            "occurred_at": "2026-11-27T00:00:00Z",
+            "data": {"name": "Nul\u{0}Warrior", "dob": "1990-01-01", "fight_skills": ["Judo"]},
+        })
+        .to_string();
+        let key = id.to_string();
+        let record = FutureRecord::to("warrior-events")
+            .partition(partition)
+            .key(&key)
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("refused event produced");
+        poisoned.push(key);
+    }
+
+    let created = stack.create(&new_warrior()).await;
+    let id = created["id"].as_str().expect("id");
+    poll_until(
+        Duration::from_secs(20),
+        "the event behind the refused ones to be applied",
+        || async {
+            let hits: Vec<Value> = stack
+                .get(&format!("/warrior?t={}", &created["name"].as_str()?[5..]))
+                .await
+                .json()
+                .await
+                .ok()?;
+            hits.iter().any(|w| w["id"] == id).then_some(())
+        },
+    )
+    .await;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka_brokers)
+        .set("group.id", format!("test-dlq-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&["warrior-events.dlq"]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !poisoned.is_empty() {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = tokio::time::timeout(remaining, stream.next())
+            .await
+            .expect("all three refused events reach the DLQ in time")
+            .expect("stream open")
+            .expect("Kafka message");
+        let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        let Some(index) = poisoned.iter().position(|p| p == key) else {
+            continue;
+        };
+        let headers = message.headers().expect("DLQ headers");
+        let error = headers
+            .iter()
+            .find(|h| h.key == "dlq-error")
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        assert!(
+            error.contains("refused"),
+            "the database's refusal travels in a header: {error:?}"
+        );
+        poisoned.swap_remove(index);
+    }
+}
