@@ -87,7 +87,7 @@ pub struct Commands {
     appender: Appender,
     /// Take a snapshot every this many events; 0 turns snapshots off.
     snapshot_every: i64,
-    /// Longest a command waits for its append, queueing included.
+    /// Longest a command waits for the writer to take its append.
     append_timeout: Duration,
     /// Queues this instance's writes without `If-Match` per warrior.
     locks: Arc<StreamLocks>,
@@ -104,12 +104,12 @@ impl Commands {
         }
     }
 
-    /// Bounds each append, queueing behind other batches included. With the
-    /// event store down, each group-commit attempt waits out the pool's
-    /// connect timeout, and a command queued behind one attempt waited for
-    /// two (4 s for a 2 s setting); now it gets its 503 on time. An append
-    /// that commits after its deadline is possible (the client was told
-    /// 503): retrying with an Idempotency-Key is safe.
+    /// Bounds how long an append may queue for the writer. With the event
+    /// store down, each group-commit attempt waits out the pool's connect
+    /// timeout, and a command queued behind one attempt waited for two (4 s
+    /// for a 2 s setting); now it gets its 503 on time, and is never written
+    /// (a 503 says "retry": a late commit would make the retry a duplicate).
+    /// An append already taken into a batch waits for that batch's outcome.
     pub fn with_append_timeout(self, append_timeout: Duration) -> Self {
         Self { append_timeout, ..self }
     }
@@ -271,7 +271,7 @@ impl Commands {
         event: &WarriorEvent,
         meta: &RequestMeta,
     ) -> Result<AppendOutcome, EventStoreError> {
-        let append = self.appender.append(NewEvent {
+        let event = NewEvent {
             event_id: new_key(),
             aggregate_id: id,
             version,
@@ -279,10 +279,8 @@ impl Commands {
             schema_version: SCHEMA_VERSION,
             data: event.data(),
             metadata: meta.to_json(),
-        });
-        tokio::time::timeout(self.append_timeout, append)
-            .await
-            .unwrap_or(Err(EventStoreError::TimedOut(self.append_timeout)))
+        };
+        self.appender.append(event, self.append_timeout).await
     }
 }
 

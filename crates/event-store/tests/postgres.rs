@@ -207,3 +207,182 @@ async fn a_reused_event_id_fails_the_whole_batch(pool: PgPool) {
         .expect("read")
         .is_empty());
 }
+
+/// Waits (bounded) until some session of this database waits for a lock:
+/// the writer's insert behind the test's table lock.
+async fn writer_blocked_on_a_lock(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the writer never blocked on the lock"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn an_append_given_up_before_the_writer_took_it_is_never_written(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let (writer, _task) = GroupCommitter::spawn(
+        store.clone(),
+        GroupCommitConfig::default(),
+        Arc::new(Notify::new()),
+        |_, _| {},
+    );
+    let short = std::time::Duration::from_millis(200);
+    // Stall the writer: its first batch blocks on a lock of the events table.
+    let mut blocker = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .expect("lock");
+    let (taken, queued) = (Uuid::new_v4(), Uuid::new_v4());
+    let in_batch = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.append_within(event(taken, 1), short).await }
+    });
+    writer_blocked_on_a_lock(&pool).await;
+    // Queued behind that batch, it times out before the writer takes it.
+    let timed_out = writer.append_within(event(queued, 1), short).await;
+    assert!(
+        matches!(timed_out, Err(event_store::EventStoreError::TimedOut(_))),
+        "got {timed_out:?}"
+    );
+    // So does a caller that goes away (its future dropped) while queued.
+    let dropped = Uuid::new_v4();
+    assert!(
+        tokio::time::timeout(short, writer.append(event(dropped, 1)))
+            .await
+            .is_err(),
+        "the writer is still stalled"
+    );
+    blocker.commit().await.expect("unlock");
+
+    // The append taken into the stalled batch outlived its deadline: it waits
+    // for the batch, which commits.
+    let outcome = in_batch.await.expect("task").expect("no error");
+    assert!(committed(&outcome), "got {outcome:?}");
+    // Once the writer has moved on past the abandoned ones...
+    let after = writer.append(event(Uuid::new_v4(), 1)).await.expect("no error");
+    assert!(committed(&after));
+    // ...neither of them is in the store.
+    for id in [queued, dropped] {
+        assert!(
+            store.read_stream(id).await.expect("read").is_empty(),
+            "{id} was written"
+        );
+    }
+    assert_eq!(store.read_stream(taken).await.expect("read").len(), 1);
+}
+
+/// Starts a transaction holding an uncommitted first event of each of
+/// `ids`: appends of those keys wait for it. Returns it with its id.
+async fn hold_keys(pool: &PgPool, ids: &[Uuid]) -> (sqlx::Transaction<'static, sqlx::Postgres>, String) {
+    let mut holder = pool.begin().await.expect("begin");
+    for id in ids {
+        sqlx::query(
+            "INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data, metadata)
+             VALUES ($1, $2, 1, 'WarriorCreated', 1, '{}', '{}')",
+        )
+        .bind(Uuid::new_v4())
+        .bind(id)
+        .execute(&mut *holder)
+        .await
+        .expect("holding insert");
+    }
+    let xid: String = sqlx::query_scalar("SELECT pg_current_xact_id()::text")
+        .fetch_one(&mut *holder)
+        .await
+        .expect("xid");
+    (holder, xid)
+}
+
+/// Waits (bounded) until `sessions` sessions wait for a transaction: for
+/// `xid` if given, else for any.
+async fn sessions_wait_for(pool: &PgPool, xid: Option<&str>, sessions: i64) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)
+             WHERE datname = current_database() AND NOT granted AND locktype = 'transactionid'
+             AND ($1::text IS NULL OR transactionid::text = $1)",
+        )
+        .bind(xid)
+        .fetch_one(pool)
+        .await
+        .expect("pg_locks");
+        if waiting >= sessions {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sessions} sessions never waited for {xid:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn two_writers_appending_the_same_keys_in_opposite_orders_do_not_deadlock(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let spawn = || {
+        GroupCommitter::spawn(
+            store.clone(),
+            GroupCommitConfig::default(),
+            Arc::new(Notify::new()),
+            |_, _| {},
+        )
+    };
+    let ((first, _a), (second, _b)) = (spawn(), spawn());
+    let append = |writer: &GroupCommitter, id: Uuid| {
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.append(event(id, 1)).await })
+    };
+    let id = |n: u128| Uuid::from_u128(n);
+    let (stall, x, p, y, q) = (Uuid::new_v4(), id(1), id(2), id(3), id(4));
+    let (stall_holder, stall_xid) = hold_keys(&pool, &[stall]).await;
+    let (holder, _) = hold_keys(&pool, &[p, q]).await;
+    // Both writers stall on one key, so that what is queued meanwhile makes
+    // their next batches: x, p, y for the first; y, q, x for the second.
+    let stalled = [append(&first, stall), append(&second, stall)];
+    sessions_wait_for(&pool, Some(&stall_xid), 2).await;
+    let queued = [
+        append(&first, x),
+        append(&first, p),
+        append(&first, y),
+        append(&second, y),
+        append(&second, q),
+        append(&second, x),
+    ];
+    stall_holder.rollback().await.expect("release the stall");
+    for task in stalled {
+        task.await.expect("task").expect("no error");
+    }
+    // In queue order, the first writer would now hold x and wait at p, the
+    // second hold y and wait at q; released, each would wait for the
+    // other's key: a deadlock, which fails one batch whole. Sorted, both
+    // take x before y, so one of them simply waits.
+    sessions_wait_for(&pool, None, 2).await;
+    holder.rollback().await.expect("release p and q");
+
+    let mut wins = 0;
+    for task in queued {
+        let outcome = task.await.expect("task");
+        assert!(outcome.is_ok(), "a batch failed whole: {outcome:?}");
+        wins += usize::from(committed(&outcome.expect("checked")));
+    }
+    assert_eq!(
+        wins, 4,
+        "p, q, and one append each of x and y commit; the others conflict"
+    );
+}
