@@ -116,18 +116,18 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         (direct, None)
     };
 
-    let producer: FutureProducer = messaging::with_options(
-        messaging::producer_config(&config.kafka_brokers),
+    let producer_config = messaging::with_options(
+        messaging::relay_producer_config(&config.kafka_brokers),
         &config.kafka_producer_options,
-    )
-    .create()
-    .context("cannot create the Kafka producer")?;
+    );
+    let producer: FutureProducer = producer_config.create().context("cannot create the Kafka producer")?;
     let (stop_relay, relay_stop_rx) = watch::channel(false);
     let lag_task = tokio::spawn(relay::report_lag(store.clone(), relay_stop_rx.clone()));
     let relay_task = config.relay_enabled.then(|| {
         let relay = Relay {
             store: store.clone(),
             producer: producer.clone(),
+            producer_config,
             topic: config.kafka_topic.clone(),
             batch: config.relay_batch,
             min_round_interval: config.relay_round_interval(),

@@ -4,6 +4,12 @@
 //! Only the holder of the outbox lease relays; other instances wait and take
 //! over when the holder's database session ends. Kafka being down never
 //! affects writes: events simply wait in the outbox.
+//!
+//! The producer never gives up on a message (`message.timeout.ms=0`, see
+//! [`messaging::relay_producer_config`]): with a timeout, a message that
+//! timed out during an outage was skipped while the next one of the same
+//! partition went out, and its republication then landed after its
+//! successor. A producer that hits a fatal error is replaced.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +18,10 @@ use event_store::{EventStore, EventStoreError, OutboxLease, StoredEvent};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
 use shared_kernel::EventEnvelope;
 use sqlx::postgres::PgListener;
+use thiserror::Error;
 use tokio::sync::{watch, Notify};
 
 /// How long an idle relay sleeps when no wake-up arrives (a safety net only).
@@ -23,10 +31,23 @@ const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(500);
 
+/// Why a relay round stopped relaying.
+#[derive(Debug, Error)]
+enum RelayError {
+    #[error(transparent)]
+    Store(#[from] EventStoreError),
+    /// The producer can send nothing more (e.g. an idempotence sequence
+    /// broken by the broker); only a new producer can.
+    #[error("Kafka producer failed fatally: {0}")]
+    FatalProducer(String),
+}
+
 /// What the relay needs; built once in `main`.
 pub struct Relay {
     pub store: EventStore,
     pub producer: FutureProducer,
+    /// How `producer` was made: to make another after a fatal error.
+    pub producer_config: ClientConfig,
     pub topic: String,
     pub batch: i64,
     /// Shortest time from one round's start to the next one's.
@@ -37,7 +58,7 @@ pub struct Relay {
 
 impl Relay {
     /// Runs until `shutdown` turns true, then flushes the producer.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let forwarder = tokio::spawn(forward_notifications(
             self.store.clone(),
             Arc::clone(&self.committed),
@@ -47,8 +68,21 @@ impl Relay {
             match self.store.try_lease_outbox().await {
                 Ok(Some(lease)) => {
                     tracing::info!("outbox lease acquired: this instance relays");
-                    if let Err(error) = self.relay(lease, &mut shutdown).await {
-                        tracing::warn!(%error, "relay lost its lease or its database; retrying");
+                    match self.relay(lease, &mut shutdown).await {
+                        Ok(()) => {}
+                        Err(RelayError::Store(error)) => {
+                            tracing::warn!(%error, "relay lost its lease or its database; retrying");
+                        }
+                        Err(RelayError::FatalProducer(reason)) => {
+                            tracing::error!(
+                                reason,
+                                "Kafka producer failed fatally; lease released, replacing the producer"
+                            );
+                            match self.producer_config.create() {
+                                Ok(producer) => self.producer = producer,
+                                Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
+                            }
+                        }
                     }
                 }
                 Ok(None) => tracing::debug!("another instance relays"),
@@ -79,7 +113,7 @@ impl Relay {
     /// 10–25%, for +4 ms of median projection lag (docs/BENCHMARKS.md has
     /// Gatling runs with and without it). The first event after a quiet
     /// spell goes at once.
-    async fn relay(&self, mut lease: OutboxLease, shutdown: &mut watch::Receiver<bool>) -> Result<(), EventStoreError> {
+    async fn relay(&self, mut lease: OutboxLease, shutdown: &mut watch::Receiver<bool>) -> Result<(), RelayError> {
         let mut next_start = tokio::time::Instant::now();
         while !*shutdown.borrow() {
             // Only a floor still ahead is waited for: a timer already due
@@ -93,12 +127,19 @@ impl Relay {
             next_start = tokio::time::Instant::now() + self.min_round_interval;
             let batch = lease.next_batch(self.batch).await?;
             if !batch.is_empty() {
-                let (delivered, failure) = self.publish(&batch).await;
+                let (delivered, failure) = self.publish(&batch, shutdown).await;
                 metrics::counter!("relay_published_total").increment(delivered.len() as u64);
                 if !delivered.is_empty() {
                     lease.acknowledge(&delivered).await?;
                 }
                 if let Some(error) = failure {
+                    if let Some((_, reason)) = self.producer.client().fatal_error() {
+                        lease.release().await;
+                        return Err(RelayError::FatalProducer(reason));
+                    }
+                    if *shutdown.borrow() {
+                        break;
+                    }
                     tracing::warn!(%error, pending = batch.len() - delivered.len(), "publishing to Kafka failed; will retry");
                     tokio::time::sleep(BACKOFF).await;
                     continue;
@@ -118,8 +159,14 @@ impl Relay {
 
     /// Sends a batch; returns the positions Kafka acknowledged and the first error.
     /// Messages are enqueued strictly in batch order, which the idempotent
-    /// producer preserves per partition.
-    async fn publish(&self, batch: &[StoredEvent]) -> (Vec<i64>, Option<KafkaError>) {
+    /// producer preserves per partition. Waits for Kafka as long as it takes
+    /// (messages never time out), unless shutdown comes first: what was
+    /// acknowledged by then is returned, the rest stays in the outbox.
+    async fn publish(
+        &self,
+        batch: &[StoredEvent],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> (Vec<i64>, Option<KafkaError>) {
         let mut in_flight: Vec<(i64, DeliveryFuture)> = Vec::with_capacity(batch.len());
         let mut failure = None;
         for event in batch {
@@ -150,7 +197,14 @@ impl Relay {
         }
         let mut delivered = Vec::with_capacity(in_flight.len());
         for (position, delivery) in in_flight {
-            match delivery.await {
+            let outcome = tokio::select! {
+                outcome = delivery => outcome,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    failure.get_or_insert(KafkaError::Canceled);
+                    break;
+                }
+            };
+            match outcome {
                 Ok(Ok(_)) => delivered.push(position),
                 Ok(Err((error, _))) => {
                     failure.get_or_insert(error);

@@ -53,6 +53,19 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// Settings of the outbox relay's producer: [`producer_config`], but a
+/// message never times out. With a timeout, the idempotent producer drops a
+/// message that timed out during an outage and still sends the next ones of
+/// its partition (librdkafka's documented "gap"); the relay would then
+/// republish the dropped event after its successor, out of order. Without
+/// one, the relay waits for Kafka, which writes do not (events wait in the
+/// outbox), and per-partition order holds.
+pub fn relay_producer_config(brokers: &str) -> ClientConfig {
+    let mut config = producer_config(brokers);
+    config.set("message.timeout.ms", "0");
+    config
+}
+
 /// Settings of the projector's consumer.
 ///
 /// Progress is recorded in the read-model database in the same transaction
