@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Gatling stress test of the gateway (simulation apihammer.ApiUnderStress).
-#   load-tests/gatling.sh [full|short]     full: ~11 min of load, short: ~2 min
+#   load-tests/gatling.sh [full|short|peak]   full: ~11 min of load, short: ~2 min,
+#                                             peak: the full profile's busiest minute (80 s)
 # GATEWAY_URL (default http://127.0.0.1:9999) must serve the stack (`./dev up`).
 # Exits non-zero if any request is KO, the warrior count does not match the
 # 201s received, or Maven/Gatling failed. The console log goes to results/.

@@ -8,7 +8,8 @@
 // Settings (-e NAME=value or the environment):
 //   GATEWAY_URL   default http://127.0.0.1:9999
 //   PROFILE       full (default) or short: the same shape, every phase 15% as long and the
-//                 ramps going to 20% of the peak rates (TIME_SCALE / PEAK_SCALE of the simulation)
+//                 ramps going to 20% of the peak rates (TIME_SCALE / PEAK_SCALE of the simulation).
+//                 Gatling's peak profile has no k6 twin: PROFILE=peak is rejected.
 //   SUMMARY_JSON  optional: also write handleSummary's raw data to this file
 //
 // Where it differs from Gatling, by necessity:

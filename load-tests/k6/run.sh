@@ -10,6 +10,13 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd) # load-tests/
 source "$here/common.sh"
 
+# common.sh also accepts peak, which api-under-stress.js does not implement.
+case ${1:-full} in
+  full | short) ;;
+  peak) echo "the peak profile exists only in Gatling: load-tests/gatling.sh peak" >&2; exit 2 ;;
+  *) echo "usage: $0 [full|short]" >&2; exit 2 ;;
+esac
+
 if ! command -v k6 >/dev/null 2>&1; then
   cat >&2 <<'EOF'
 k6 is not on PATH. Get it, where policy allows (k6 is AGPL-3.0), from either:
@@ -21,10 +28,6 @@ EOF
   exit 2
 fi
 
-if [[ ${1:-} == peak ]]; then
-  echo "the peak profile exists only in Gatling: load-tests/gatling.sh peak" >&2
-  exit 2
-fi
 prepare_load_test "$@"
 stem=$here/results/k6-$profile-$(date +%Y%m%d-%H%M%S)
 log=$stem.log
