@@ -174,10 +174,13 @@ impl AppState {
                 },
                 () = tokio::time::sleep_until(next_recheck.min(deadline)) => true,
             };
-            if Instant::now() >= next_recheck {
+            // A batch of other warriors arriving when the slow re-check is
+            // due must not push it back another period.
+            let due = Instant::now() >= next_recheck;
+            if due {
                 next_recheck = Instant::now() + RYW_RECHECK;
             }
-            if reread {
+            if reread || due {
                 lookup = self.row(id).await?;
             }
         }

@@ -32,6 +32,17 @@ const INDEX_PIECE_CHARS: usize = 6;
 /// whole term instead made those searches slower (p50 0.79 → 0.99 ms).
 const SHORT_PIECE_CHARS: usize = 4;
 
+/// What `verify` compares with the event store, read from one snapshot.
+#[derive(Debug)]
+pub struct Contents {
+    /// The live-warrior counter.
+    pub counted: i64,
+    /// Every row, tombstones included, as (warrior, deleted).
+    pub rows: Vec<(Warrior, bool)>,
+    /// Warriors whose searchable name is wrong with no fix queued.
+    pub unindexed: Vec<Uuid>,
+}
+
 /// An event ready to apply, with where it came from.
 #[derive(Debug, Clone)]
 pub struct Applicable {
@@ -180,7 +191,17 @@ impl ReadModel {
     /// names changed since. Terms without a usable trigram scan rows until 50
     /// match, unless they hold a character no name has.
     pub async fn search(&self, term: &str) -> Result<Vec<Warrior>, sqlx::Error> {
-        let lower = term.to_lowercase();
+        // Lowercased as PostgreSQL's lower() lowercased the stored skills:
+        // Rust's rules differ beyond ASCII (a final sigma, a dotted capital
+        // I), and the exact skill then matched nothing.
+        let lower = if term.is_ascii() {
+            term.to_ascii_lowercase()
+        } else {
+            sqlx::query_scalar("SELECT lower($1)")
+                .bind(term)
+                .fetch_one(&self.search_pool)
+                .await?
+        };
         let skills: Vec<String> = self
             .skill_vocabulary()
             .await?
@@ -284,8 +305,13 @@ impl ReadModel {
     /// the projector's own insert would stop to merge it (a stall for every
     /// lookup waiting on its write, every few seconds under load).
     pub async fn index_names(&self, max: i64) -> Result<u64, sqlx::Error> {
-        let taken: i64 = sqlx::query_scalar(INDEX_NAMES).bind(max).fetch_one(&self.pool).await?;
-        if taken > 0 {
+        let mut round = self.pool.begin().await?;
+        let taken: Vec<Uuid> = sqlx::query_scalar(TAKE_QUEUED).bind(max).fetch_all(&mut *round).await?;
+        if !taken.is_empty() {
+            sqlx::query(INDEX_NAMES).bind(&taken).execute(&mut *round).await?;
+        }
+        round.commit().await?;
+        if !taken.is_empty() {
             sqlx::query(
                 "SELECT gin_clean_pending_list('warrior_names_trgm'::regclass),
                         gin_clean_pending_list('warriors_skills'::regclass)",
@@ -293,7 +319,7 @@ impl ReadModel {
             .execute(&self.pool)
             .await?;
         }
-        Ok(taken as u64)
+        Ok(taken.len() as u64)
     }
 
     /// The skill vocabulary, reloaded when older than [`SKILLS_MAX_AGE`] by
@@ -330,11 +356,11 @@ impl ReadModel {
             .await
     }
 
-    /// The live counter and every row, tombstones included, as (warrior,
-    /// deleted), from one snapshot; for `verify`. Read apart, a batch
+    /// The live counter, every row (tombstones included), and the search
+    /// index's drift, from one snapshot; for `verify`. Read apart, a batch
     /// projected in between (the rows of 1.5M warriors take seconds to
     /// read) showed its row without its count: a drift that was not one.
-    pub async fn counted_rows(&self) -> Result<(i64, Vec<(Warrior, bool)>), sqlx::Error> {
+    pub async fn contents(&self) -> Result<Contents, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .execute(&mut *tx)
@@ -344,12 +370,17 @@ impl ReadModel {
             .await?;
         let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors");
         let rows: Vec<LookupRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
+        let unindexed = sqlx::query_scalar(UNINDEXED).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let rows = rows
             .into_iter()
             .map(|r| (Warrior::from(r.warrior), r.deleted))
             .collect();
-        Ok((counted, rows))
+        Ok(Contents {
+            counted,
+            rows,
+            unindexed,
+        })
     }
 
     /// Applies a batch atomically together with the offsets it reaches, so
@@ -478,8 +509,10 @@ WITH input AS (
        WHERE warriors.version < EXCLUDED.version AND NOT warriors.deleted
     RETURNING id, (xmax = 0) AS inserted
 ), to_index AS (
+    -- Locks an already queued row (updating nothing): an indexer round
+    -- cannot take it before this commits (see INDEX_NAMES).
     INSERT INTO search_queue SELECT id FROM states UNION SELECT id FROM tombstones
-    ON CONFLICT DO NOTHING
+    ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id WHERE false
 ), progress AS (
     INSERT INTO projection_offsets (topic, partition, next_offset)
     SELECT $10, * FROM UNNEST($11::int[], $12::bigint[])
@@ -492,17 +525,26 @@ WITH input AS (
 )
 UPDATE warrior_count SET live = warrior_count.live + delta.live FROM delta WHERE delta.live <> 0";
 
-/// One round of the search indexer: takes queued ids (skipping those
-/// another indexer holds), then writes each one's current name, or removes
-/// it if the warrior is gone. Rows are written in id order, so two
-/// indexers cannot deadlock.
+/// The first statement of a round of the search indexer: takes queued ids,
+/// skipping those another indexer holds, or a projector is re-queueing
+/// right now (its `ON CONFLICT ... DO UPDATE` locks the queue row).
+const TAKE_QUEUED: &str = "
+DELETE FROM search_queue
+WHERE id = ANY (ARRAY(SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+RETURNING id";
+
+/// The second statement of a round: writes each taken id's current name,
+/// or removes it if the warrior is gone. A statement of its own, so that
+/// its snapshot comes after the ids were taken: a projector that changed a
+/// warrior and locked its queue row committed before the row could be
+/// taken, so that change is seen here; one that comes later waits for this
+/// round to commit and queues the id again. (In one statement, a change
+/// committed between the statement's snapshot and the taking of its queue
+/// row, re-queued as a no-op, was lost: the old name stayed indexed.) Rows
+/// are written in id order, so two indexers cannot deadlock.
 const INDEX_NAMES: &str = "
-WITH taken AS (
-    DELETE FROM search_queue
-    WHERE id = ANY (ARRAY(SELECT id FROM search_queue ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-    RETURNING id
-), current AS (
-    SELECT w.id, w.search_text, w.deleted FROM warriors w JOIN taken USING (id)
+WITH current AS (
+    SELECT w.id, w.search_text, w.deleted FROM warriors w WHERE w.id = ANY ($1)
 ), written AS (
     INSERT INTO warrior_names (id, search_text)
     SELECT id, search_text FROM current WHERE NOT deleted ORDER BY id
@@ -510,13 +552,23 @@ WITH taken AS (
        WHERE warrior_names.search_text <> EXCLUDED.search_text
 ), removed AS (
     DELETE FROM warrior_names WHERE id IN (SELECT id FROM current WHERE deleted)
-), rare_characters AS (
-    INSERT INTO name_rare_characters (ch, id)
-    SELECT DISTINCT c, id FROM current, string_to_table(search_text, NULL) AS c
-    WHERE NOT deleted AND search_text ~ '[^a-z ]' AND c !~ '[a-z ]'
-    ON CONFLICT DO NOTHING
 )
-SELECT count(*) FROM taken";
+INSERT INTO name_rare_characters (ch, id)
+SELECT DISTINCT c, id FROM current, string_to_table(search_text, NULL) AS c
+WHERE NOT deleted AND search_text ~ '[^a-z ]' AND c !~ '[a-z ]'
+ON CONFLICT DO NOTHING";
+
+/// Warriors whose searchable name disagrees with their row (missing,
+/// different, or left behind by a deletion) with nothing queued that would
+/// fix it: names the search indexer lost.
+const UNINDEXED: &str = "
+SELECT w.id FROM warriors w LEFT JOIN warrior_names n USING (id)
+WHERE NOT w.deleted AND n.search_text IS DISTINCT FROM w.search_text
+  AND NOT EXISTS (SELECT 1 FROM search_queue q WHERE q.id = w.id)
+UNION ALL
+SELECT n.id FROM warrior_names n LEFT JOIN warriors w USING (id)
+WHERE (w.id IS NULL OR w.deleted)
+  AND NOT EXISTS (SELECT 1 FROM search_queue q WHERE q.id = n.id)";
 
 /// The newest event of each warrior in a batch.
 fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {

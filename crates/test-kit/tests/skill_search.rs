@@ -62,3 +62,27 @@ async fn search_finds_skill_holders_beyond_the_newest_rows_and_follows_changes()
     })
     .await;
 }
+
+/// Skills are matched case-insensitively the way the read model lowercased
+/// them: a term beyond ASCII (a final sigma, a dotted capital I) is
+/// lowercased by PostgreSQL too, so a skill's exact spelling finds it.
+#[tokio::test]
+async fn a_skill_beyond_ascii_is_found_by_its_exact_spelling() {
+    let stack = Stack::from_env();
+    let marker = uuid::Uuid::new_v4().simple().to_string();
+    let skills = [format!("{marker}ΟΔΥΣΣΕΥΣ"), format!("İstanbul-Kılıç{marker}")];
+    let created = stack
+        .create(&json!({"name": "Sigma", "dob": "1600-01-01", "fight_skills": skills}))
+        .await;
+    for skill in &skills {
+        poll_until(
+            Duration::from_secs(10),
+            "the holder found by the skill as spelt",
+            || async {
+                let hits: Vec<Value> = stack.search(skill).await.json().await.ok()?;
+                hits.contains(&created).then_some(())
+            },
+        )
+        .await;
+    }
+}
