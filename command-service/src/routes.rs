@@ -116,8 +116,11 @@ pub async fn create_v1(
 }
 
 async fn create_from(app: &AppState, headers: &HeaderMap, body: &JsonBody) -> Result<Created, ApiError> {
+    // The header first: a bad Idempotency-Key is a 400 naming it (as
+    // documented), whatever the body holds.
+    let meta = create_meta(headers)?;
     let draft = parse_warrior(&body.0, today())?;
-    Ok(app.commands.create(&draft, &create_meta(headers)?).await?)
+    Ok(app.commands.create(&draft, &meta).await?)
 }
 
 /// Replace a warrior.

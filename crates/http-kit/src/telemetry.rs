@@ -71,13 +71,15 @@ pub async fn shutdown_signal() {
 /// answers 500 instead of dropping the connection.
 pub fn with_common_layers(router: Router, request_timeout: Duration, metrics: PrometheusHandle) -> Router {
     router
-        .route_layer(middleware::from_fn_with_state(
-            RequestHistograms::default(),
-            track_requests,
-        ))
         .route("/metrics", get(move || async move { render_metrics(&metrics) }))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // After the fallbacks, so that their 404s and 405s are counted too
+        // (a route layer saw neither).
+        .layer(middleware::from_fn_with_state(
+            RequestHistograms::default(),
+            track_requests,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(|_| {
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -198,6 +200,30 @@ mod tests {
         let response = echo_id().oneshot(request).await.expect("infallible");
         assert_eq!(response.headers()[REQUEST_ID], "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
         assert_eq!(body_text(response).await, "4f1c0a9e2b7d4e5f8a6b3c2d1e0f9a8b");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_counted_in_the_latency_metric() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let _recording = metrics::set_default_local_recorder(&recorder);
+        let unknown = echo_id()
+            .oneshot(Request::get("/nowhere").body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        let wrong_method = echo_id()
+            .oneshot(Request::delete("/id").body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let text = handle.render();
+        for series in [
+            r#"http_request_duration_seconds_count{method="GET",route="unmatched",status="404"} 1"#,
+            r#"http_request_duration_seconds_count{method="DELETE",route="/id",status="405"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
     }
 
     #[tokio::test]

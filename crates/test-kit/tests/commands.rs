@@ -190,18 +190,25 @@ async fn a_retried_post_with_the_same_idempotency_key_creates_once() {
 async fn a_malformed_idempotency_key_is_refused_on_both_create_routes() {
     let stack = Stack::from_env();
     let too_long = "k".repeat(256);
+    // With a valid body, and with an invalid one: the key is judged first.
+    let bodies = [
+        json!({"name": format!("idem-{}", uuid::Uuid::new_v4()), "dob": "2000-01-01", "fight_skills": ["Judo"]}),
+        json!({"name": ""}),
+    ];
     for path in ["/warrior", "/api/v1/commands/warriors"] {
-        for key in ["a\tb", "order\t42", too_long.as_str()] {
-            let name = format!("idem-{}", uuid::Uuid::new_v4());
+        for (key, body) in ["a\tb", "order\t42", too_long.as_str()]
+            .into_iter()
+            .flat_map(|key| bodies.iter().map(move |body| (key, body)))
+        {
             let response = stack
                 .http
                 .post(stack.at(path))
                 .header("idempotency-key", key)
-                .json(&json!({"name": name, "dob": "2000-01-01", "fight_skills": ["Judo"]}))
+                .json(body)
                 .send()
                 .await
                 .expect("reachable");
-            assert_eq!(response.status(), 400, "{path} with key {key:?}");
+            assert_eq!(response.status(), 400, "{path} with key {key:?} and {body}");
             assert_eq!(response.headers()["content-type"], "application/problem+json");
             let problem: Value = response.json().await.expect("JSON");
             assert!(problem["errors"]["Idempotency-Key"].is_string(), "{problem}");
