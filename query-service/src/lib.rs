@@ -417,7 +417,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     consumer_config.set("statistics.interval.ms", "5000");
     let consumer: StreamConsumer<ProjectorContext> =
         messaging::with_options(consumer_config, &config.kafka_consumer_options)
-            .create_with_context(ProjectorContext)
+            .create_with_context(ProjectorContext {
+                read_model: ReadModel::new(projector_pool.clone()),
+                topic: config.kafka_topic.clone(),
+            })
             .context("cannot create the Kafka consumer")?;
     let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
         .create()

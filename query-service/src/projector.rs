@@ -3,22 +3,26 @@
 //!
 //! Exactly-once *effect*: each row remembers the newest version applied and
 //! ignores anything not newer, and the consumed offsets are written in the
-//! same transaction. Kafka offsets are stored (and committed in the
-//! background) only after that transaction, so a crash at any point replays
-//! events that change nothing, and never skips one. Undecodable events, and
+//! same transaction; assigned partitions start from those offsets. Kafka
+//! offsets are stored (and committed in the background) only after that
+//! transaction too, for monitoring. A crash at any point replays events that
+//! change nothing, and never skips one. Undecodable events, and
 //! events the read model refuses (tried one at a time, [`POISON_ATTEMPTS`]
 //! times), go to the dead-letter topic with the reason.
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::error::KafkaResult;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
+use tokio::runtime::RuntimeFlavor;
 
 use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
@@ -32,9 +36,14 @@ const BACKOFF: Duration = Duration::from_millis(500);
 /// dead-letter topic.
 const POISON_ATTEMPTS: u32 = 3;
 
-/// Consumer callbacks: turns librdkafka's periodic statistics into the
+/// Consumer callbacks: starts assigned partitions where the read model's
+/// rows reach, and turns librdkafka's periodic statistics into the
 /// `projector_lag_events{partition}` gauge (high watermark − stored offset).
-pub struct ProjectorContext;
+pub struct ProjectorContext {
+    /// Where `projection_offsets` is read on assignment.
+    pub read_model: ReadModel,
+    pub topic: String,
+}
 
 impl ClientContext for ProjectorContext {
     fn stats(&self, statistics: Statistics) {
@@ -51,7 +60,79 @@ impl ClientContext for ProjectorContext {
     }
 }
 
-impl ConsumerContext for ProjectorContext {}
+impl ConsumerContext for ProjectorContext {
+    /// Assigned partitions start at the offsets stored with the rows (in the
+    /// same transaction), not at Kafka's committed ones: those agree, or
+    /// Kafka's trail by up to a second of auto-commit, except when the read
+    /// model went back in time (restored from a backup, recreated empty),
+    /// where resuming from Kafka skipped every event since. A partition the
+    /// read model has no offset for starts at the beginning. If the read
+    /// model cannot be asked, Kafka's committed offsets are used (the
+    /// version check makes replays harmless either way).
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, partitions: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let outcome = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.start_where_the_rows_reach(partitions);
+                if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                consumer.incremental_unassign(partitions)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => consumer.unassign(),
+            other => {
+                tracing::error!(error = %RDKafkaErrorCode::from(other), "Kafka rebalance failed");
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = outcome {
+            tracing::error!(%error, "cannot apply the Kafka rebalance");
+        }
+    }
+}
+
+impl ProjectorContext {
+    /// Sets each assigned partition's start to the read model's stored
+    /// offset. librdkafka calls this from the consumer's poll, inside the
+    /// projector's task: the query blocks that worker thread briefly, once
+    /// per rebalance.
+    fn start_where_the_rows_reach(&self, partitions: &mut TopicPartitionList) {
+        let stored = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if runtime.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| runtime.block_on(self.read_model.stored_offsets(&self.topic)))
+            }
+            _ => {
+                tracing::warn!("no multi-threaded runtime to read the stored offsets; Kafka's committed ones apply");
+                return;
+            }
+        };
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the stored offsets; Kafka's committed ones apply");
+                return;
+            }
+        };
+        let assigned: Vec<i32> = partitions
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|element| element.partition())
+            .collect();
+        for partition in assigned {
+            let start = stored
+                .get(&partition)
+                .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            if let Err(error) = partitions.set_partition_offset(&self.topic, partition, start) {
+                tracing::warn!(%error, partition, "cannot set the partition's start");
+            }
+        }
+        tracing::info!(?stored, "assigned partitions start where the read model's rows reach");
+    }
+}
 
 /// The (warrior id, version) pairs of one committed batch.
 pub type AppliedBatch = Arc<Vec<(Uuid, i64)>>;

@@ -383,16 +383,22 @@ impl ReadModel {
         })
     }
 
+    /// The next offset to read per partition of `topic`, as stored with the
+    /// rows: where the projector starts an assigned partition.
+    pub async fn stored_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, sqlx::Error> {
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT partition, next_offset FROM projection_offsets WHERE topic = $1")
+                .bind(topic)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Applies a batch atomically together with the offsets it reaches, so
     /// a crash leaves either all of it or none. Events older than (or equal
-    /// to) a row's version are ignored: replays change nothing.
-    ///
-    /// The projector resumes from Kafka's committed offsets, which it stores
-    /// only after this commit: they never run ahead of the rows, and what a
-    /// crash makes it read again (up to the auto-commit interval) is ignored
-    /// by the version check. (The migration's comment on
-    /// `projection_offsets` says the projector resumes from that table; it
-    /// does not. The table records how far the rows reach, for diagnosis.)
+    /// to) a row's version are ignored: replays change nothing. The
+    /// projector starts assigned partitions from those offsets
+    /// ([`crate::projector::ProjectorContext`]).
     ///
     /// Events carry the full state, so only each warrior's newest event of
     /// the batch matters. Everything (states, tombstones, new skills, the
