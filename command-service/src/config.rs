@@ -55,15 +55,16 @@ pub struct Config {
     pub append_max_batch: usize,
 
     /// Snapshot a warrior every this many events (0: never).
-    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100, value_parser = clap::value_parser!(i64).range(0..))]
     pub snapshot_every: i64,
 
     /// Run the outbox relay in this process (only one instance relays at a time anyway).
     #[arg(long, env = "RELAY_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay_enabled: bool,
 
-    /// Most events the relay publishes per round.
-    #[arg(long, env = "RELAY_BATCH", default_value_t = 1000)]
+    /// Most events the relay publishes per round (at least 1: with 0 the
+    /// relay read nothing, forever).
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
     pub relay_batch: i64,
 
     /// Shortest time between the starts of two relay rounds (0: none). Each
@@ -92,5 +93,20 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_batch_below_one_is_refused() {
+        for batch in ["0", "-5"] {
+            let parsed = Config::try_parse_from(["command-service".to_owned(), format!("--relay-batch={batch}")]);
+            assert!(parsed.is_err(), "RELAY_BATCH={batch} accepted");
+        }
+        let parsed = Config::try_parse_from(["command-service", "--relay-batch", "1"]).expect("1 is fine");
+        assert_eq!(parsed.relay_batch, 1);
     }
 }
