@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::warrior::{DateOfBirth, FightSkill, FightSkills, WarriorDraft, WarriorName};
+use crate::warrior::{DateOfBirth, FightSkill, FightSkills, WarriorDraft, WarriorName, MAX_SKILLS, TOO_MANY_SKILLS};
 
 /// Field name (or `field[index]`) to a human-readable message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -50,15 +50,16 @@ pub enum InputError {
 
 /// Parses and validates a create/replace body. `today` bounds the date of birth.
 pub fn parse_warrior(body: &[u8], today: NaiveDate) -> Result<WarriorDraft, InputError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| InputError::Malformed {
-        detail: format!("body is not valid JSON: {e}"),
-        errors: FieldErrors::default(),
-    })?;
+    // Problems with the body as a whole name `body` in `errors`, as field
+    // problems name their field.
+    let whole_body = |detail: String| {
+        let mut errors = FieldErrors::default();
+        errors.add("body", detail.clone());
+        InputError::Malformed { detail, errors }
+    };
+    let value: Value = serde_json::from_slice(body).map_err(|e| whole_body(format!("body is not valid JSON: {e}")))?;
     let Value::Object(object) = value else {
-        return Err(InputError::Malformed {
-            detail: "body must be a JSON object".to_owned(),
-            errors: FieldErrors::default(),
-        });
+        return Err(whole_body("body must be a JSON object".to_owned()));
     };
     Checker::default().check(&object, today)
 }
@@ -122,7 +123,14 @@ impl Checker {
     fn fight_skills(&mut self, object: &Map<String, Value>) -> Option<FightSkills> {
         const FIELD: &str = "fight_skills";
         let raw = match (object.get(FIELD), object.get("fightSkills")) {
-            (Some(_), Some(_)) => {
+            (Some(skills), Some(alias)) => {
+                // A wrong type is reported whatever else is wrong.
+                for (field, value) in [(FIELD, skills), ("fightSkills", alias)] {
+                    if !matches!(value, Value::Null | Value::Array(_)) {
+                        self.type_errors
+                            .add(field, format!("must be an array of strings, not {}", json_type(value)));
+                    }
+                }
                 self.value_errors
                     .add(FIELD, "give fight_skills or its alias fightSkills, not both");
                 return None;
@@ -154,6 +162,10 @@ impl Checker {
             }
         }
         if skills.len() != items.len() {
+            // Every bad field is reported: the count too, not only the bad items.
+            if items.len() > MAX_SKILLS {
+                self.value_errors.add(FIELD, TOO_MANY_SKILLS);
+            }
             return None;
         }
         self.value(FightSkills::new(skills), FIELD)
@@ -241,8 +253,8 @@ mod tests {
 
     #[test]
     fn not_json_is_malformed() {
-        assert_eq!(malformed("{not json"), Vec::<String>::new());
-        assert_eq!(malformed(""), Vec::<String>::new());
+        assert_eq!(malformed("{not json"), vec!["body"]);
+        assert_eq!(malformed(""), vec!["body"]);
     }
 
     #[test]
@@ -254,13 +266,13 @@ mod tests {
     #[test]
     fn deeply_nested_json_is_malformed() {
         let body = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert_eq!(malformed(&body), Vec::<String>::new());
+        assert_eq!(malformed(&body), vec!["body"]);
     }
 
     #[test]
     fn non_objects_are_malformed() {
         for body in ["[]", "\"warrior\"", "42", "null", "true"] {
-            assert_eq!(malformed(body), Vec::<String>::new(), "{body}");
+            assert_eq!(malformed(body), vec!["body"], "{body}");
         }
     }
 
@@ -344,6 +356,20 @@ mod tests {
     fn both_spellings_at_once_are_invalid() {
         let body = r#"{"name":"A","dob":"2000-01-01","fight_skills":[],"fightSkills":[]}"#;
         assert_eq!(invalid(body), vec!["fight_skills"]);
+    }
+
+    #[test]
+    fn both_spellings_with_a_wrong_type_are_malformed() {
+        let body = r#"{"name":"x","dob":"2000-01-01","fight_skills":1,"fightSkills":["b"]}"#;
+        assert_eq!(malformed(body), vec!["fight_skills"]);
+    }
+
+    #[test]
+    fn too_many_skills_are_reported_beside_a_bad_one() {
+        let mut skills = vec!["Bo"; 101];
+        skills[0] = "";
+        let body = serde_json::json!({"name": "A", "dob": "2000-01-01", "fight_skills": skills});
+        assert_eq!(invalid(&body.to_string()), vec!["fight_skills", "fight_skills[0]"]);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_SKILL_CHARS: usize = 50;
 /// Most fight skills one warrior may list.
 pub const MAX_SKILLS: usize = 100;
+/// What a list over [`MAX_SKILLS`] is told.
+pub const TOO_MANY_SKILLS: &str = "must list at most 100 skills";
 
 /// The one character no stored text may hold: PostgreSQL refuses NUL in
 /// `text` and in `jsonb` strings, so a name or skill with one could never be
@@ -129,7 +131,7 @@ pub struct FightSkills(Vec<FightSkill>);
 impl FightSkills {
     pub fn new(skills: Vec<FightSkill>) -> Result<Self, &'static str> {
         if skills.len() > MAX_SKILLS {
-            return Err("must list at most 100 skills");
+            return Err(TOO_MANY_SKILLS);
         }
         Ok(Self(skills))
     }

@@ -23,13 +23,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             return Err(Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "Content-Type must be application/json",
-            ));
+            )
+            .with_errors(field_error("Content-Type", "must be application/json")));
         }
         let too_large = || {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body must be at most {MAX_BODY_BYTES} bytes"),
-            )
+            let limit = format!("must be at most {MAX_BODY_BYTES} bytes");
+            Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body {limit}"))
+                .with_errors(field_error("body", &limit))
         };
         let declared = req
             .headers()
@@ -42,9 +42,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         match Bytes::from_request(req, state).await {
             Ok(bytes) => Ok(Self(bytes)),
             Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => Err(too_large()),
-            Err(rejection) => Err(Problem::new(StatusCode::BAD_REQUEST, rejection.body_text())),
+            Err(rejection) => {
+                let detail = rejection.body_text();
+                Err(Problem::new(StatusCode::BAD_REQUEST, detail.clone()).with_errors(field_error("body", &detail)))
+            }
         }
     }
+}
+
+/// `errors` naming one field (or header, or `body`), as every problem with
+/// a cause the client can fix does.
+fn field_error(field: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({ field: message })
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

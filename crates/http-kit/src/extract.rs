@@ -47,14 +47,26 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(Problem::typed(
-                StatusCode::BAD_REQUEST,
-                "malformed-query",
-                "Malformed query string",
-                rejection.body_text(),
-            )),
+            Err(rejection) => {
+                let detail = rejection.body_text();
+                let field = named_field(&detail).unwrap_or("query").to_owned();
+                Err(Problem::typed(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-query",
+                    "Malformed query string",
+                    detail.clone(),
+                )
+                .with_errors(std::collections::BTreeMap::from([(field, detail)])))
+            }
         }
     }
+}
+
+/// The parameter a query-string error names (serde says "duplicate field
+/// `t`"), so `errors` can point at it like every other field error.
+fn named_field(detail: &str) -> Option<&str> {
+    let (_, rest) = detail.split_once("field `")?;
+    rest.split_once('`').map(|(field, _)| field)
 }
 
 #[cfg(test)]
@@ -99,6 +111,9 @@ mod tests {
         let response = call("/search?t=a&t=b").await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()["content-type"], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.expect("body");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(problem["errors"]["t"].is_string(), "the parameter is named: {problem}");
         assert_eq!(call("/search?t=a").await.status(), StatusCode::OK);
     }
 }
