@@ -152,9 +152,14 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     .with_graceful_shutdown(draining.clone().shutdown_signal());
     draining.run(server, config.request_timeout()).await?;
 
-    // Requests are drained; the writer ends once its last sender is gone.
+    // Requests are drained; the writer ends once its last sender is gone. A
+    // connection the drain gave up on may still hold a sender (through the
+    // router): bounded, so shutdown cannot hang on it and the relay still
+    // stops (anything it had not published stays in the outbox).
     if let Some(task) = writer_task {
-        let _ = task.await;
+        if tokio::time::timeout(config.request_timeout(), task).await.is_err() {
+            tracing::warn!("the writer still had callers after the drain; stopping without waiting for them");
+        }
     }
     let _ = stop_relay.send(true);
     if let Some(task) = relay_task {
