@@ -208,28 +208,6 @@ async fn a_reused_event_id_fails_the_whole_batch(pool: PgPool) {
         .is_empty());
 }
 
-/// Waits (bounded) until some session of this database waits for a lock:
-/// the writer's insert behind the test's table lock.
-async fn writer_blocked_on_a_lock(pool: &PgPool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .expect("pg_stat_activity");
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the writer never blocked on the lock"
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn an_append_given_up_before_the_writer_took_it_is_never_written(pool: PgPool) {
     let store = EventStore::new(pool.clone());
@@ -251,7 +229,7 @@ async fn an_append_given_up_before_the_writer_took_it_is_never_written(pool: PgP
         let writer = writer.clone();
         async move { writer.append_within(event(taken, 1), short).await }
     });
-    writer_blocked_on_a_lock(&pool).await;
+    sessions_wait_for(&pool, None, 1).await;
     // Queued behind that batch, it times out before the writer takes it.
     let timed_out = writer.append_within(event(queued, 1), short).await;
     assert!(
@@ -307,15 +285,15 @@ async fn hold_keys(pool: &PgPool, ids: &[Uuid]) -> (sqlx::Transaction<'static, s
     (holder, xid)
 }
 
-/// Waits (bounded) until `sessions` sessions wait for a transaction: for
-/// `xid` if given, else for any.
+/// Waits (bounded) until `sessions` sessions of this database wait for a
+/// lock: held by transaction `xid` if given, else any (a table's, a row's).
 async fn sessions_wait_for(pool: &PgPool, xid: Option<&str>, sessions: i64) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid)
-             WHERE datname = current_database() AND NOT granted AND locktype = 'transactionid'
-             AND ($1::text IS NULL OR transactionid::text = $1)",
+             WHERE datname = current_database() AND NOT granted
+             AND ($1::text IS NULL OR (locktype = 'transactionid' AND transactionid::text = $1))",
         )
         .bind(xid)
         .fetch_one(pool)
