@@ -2,11 +2,16 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
+use std::time::Duration;
 
 use crate::Problem;
 
 /// Largest accepted request body (the contract's 64 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest a client may take to send a body: a body that stalls is the
+/// client's doing, a 408, not the request time limit's 503 ("retry").
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The raw bytes of a JSON request body, after the checks every JSON endpoint
 /// shares: `Content-Type` must be JSON (else 415) and the body at most
@@ -39,7 +44,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
             return Err(too_large());
         }
-        match Bytes::from_request(req, state).await {
+        let Ok(read) = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state)).await else {
+            let limit = format!("was not received within {} s", BODY_READ_TIMEOUT.as_secs());
+            return Err(
+                Problem::new(StatusCode::REQUEST_TIMEOUT, format!("request body {limit}"))
+                    .with_errors(field_error("body", &limit)),
+            );
+        };
+        match read {
             Ok(bytes) => Ok(Self(bytes)),
             Err(BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_))) => Err(too_large()),
             Err(rejection) => {
@@ -80,6 +92,20 @@ mod tests {
         assert!(is_json(&with_type("application/json")));
         assert!(is_json(&with_type("Application/JSON; charset=utf-8")));
         assert!(is_json(&with_type("application/merge-patch+json")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_is_a_408() {
+        let stalled = axum::body::Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>());
+        let request = Request::post("/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "100")
+            .body(stalled)
+            .expect("request");
+        match JsonBody::from_request(request, &()).await {
+            Err(problem) => assert_eq!(problem.status, StatusCode::REQUEST_TIMEOUT.as_u16()),
+            Ok(_) => panic!("a body that never came was accepted"),
+        }
     }
 
     #[test]
