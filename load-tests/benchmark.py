@@ -2,7 +2,7 @@
 """The Gatling benchmark of record: one command, one dated section in
 docs/BENCHMARKS.md.
 
-    load-tests/benchmark.sh [full|short]      # the wrapper: plotting venv, then this
+    load-tests/benchmark.sh [full|short|peak] # the wrapper: plotting venv, then this
 
 1. `./dev up` (a running stack is fine); notes the start (UTC and the read
    model's now()).
@@ -731,7 +731,7 @@ def dry_run(args):
     if not (report / "index.html").exists():
         sys.exit(f"{report}: no index.html (not a finished Gatling report)")
     log = log_for_report(report)
-    guessed = re.match(r"gatling-(full|short)-", log.name) if log else None
+    guessed = re.match(r"gatling-(full|short|peak)-", log.name) if log else None
     run = {
         "profile": args.profile or (guessed.group(1) if guessed else "unknown"),
         "env": {"GATEWAY_URL": os.environ.get("GATEWAY_URL", "http://127.0.0.1:9999")},
