@@ -10,14 +10,18 @@ Once the projection has settled (`query-service verify`), the checks:
   lost        acknowledged writes (2xx) whose warrior is missing from the read
               model or older there than the version the client was given;
   duplicates  creates that produced more than one warrior (every create has a
-              unique name; the client never retries);
+              unique name; the client never retries), whatever answer the
+              create got: a timed-out or failed create that was committed
+              twice is where a duplicate would hide;
   count       /counting-warriors equals the live warriors in the event store;
   verify      `query-service verify` reports no drift;
   expected    what must hold *during* this fault, e.g. no failed write while
               Kafka or the read model is down, and writes that fail fast
               (under --fail-fast-ms) while the event store is down; and for
               every fault, a projection that settles within --settle-max
-              seconds of the load's end.
+              seconds of the load's end, writes acknowledged after the fault,
+              no write failing once writes came back, and load workers that
+              ran to the end (an unexpected exception in one fails the fault).
 
 Prints one table row per fault and exits non-zero if any check failed.
 
@@ -43,6 +47,9 @@ from pathlib import Path
 from benchlib import dev, dev_env, psql
 
 ROOT = Path(__file__).resolve().parent.parent
+# Writes sent this long after the first successful probe create may still
+# meet a connection that broke during the outage; later ones must not fail.
+RECOVERY_GRACE_S = 1.0
 
 
 @dataclass
@@ -100,7 +107,7 @@ class Outcome:
     """What the load saw during one fault."""
 
     acked: dict = field(default_factory=dict)  # warrior id -> newest acknowledged version
-    created_names: list = field(default_factory=list)
+    sent_names: list = field(default_factory=list)  # every create sent, whatever its answer
     created_ids: dict = field(default_factory=dict)  # name -> id acknowledged for it
     writes_ok: int = 0
     writes_failed: int = 0
@@ -109,22 +116,31 @@ class Outcome:
     reads_failed: int = 0
     statuses: dict = field(default_factory=dict)
     failed_reads: Counter = field(default_factory=Counter)  # status (or error class) -> count
-    first_failed_write: float = 0.0
-    last_failed_write: float = 0.0
+    writes: list = field(default_factory=list)  # (started, elapsed ms, ok) of every write
+    worker_errors: Counter = field(default_factory=Counter)  # unexpected exceptions in the load's workers
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def write(self, ok, started, status):
         elapsed_ms = (time.monotonic() - started) * 1000
         with self.lock:
             self.statuses[status] = self.statuses.get(status, 0) + 1
+            self.writes.append((started, elapsed_ms, ok))
             if ok:
                 self.writes_ok += 1
                 return
             self.writes_failed += 1
             self.slowest_failed_write_ms = max(self.slowest_failed_write_ms, elapsed_ms)
-            now = time.monotonic()
-            self.first_failed_write = self.first_failed_write or now
-            self.last_failed_write = now
+
+    def slowest_write_started_between(self, start, end):
+        """Slowest write (any outcome) sent in [start, end], in ms: a write
+        that waits out an outage and then succeeds did not fail fast."""
+        with self.lock:
+            return max((ms for at, ms, _ in self.writes if start <= at <= end), default=0.0)
+
+    def writes_failed_after(self, moment):
+        """Failed writes sent after `moment`."""
+        with self.lock:
+            return sum(1 for at, _, ok in self.writes if at > moment and not ok)
 
 
 class Load:
@@ -173,6 +189,11 @@ class Load:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = None
+            except Exception as error:  # noqa: BLE001 - a bug in the load (or a bad answer) must not end it silently
+                with self.outcome.lock:
+                    self.outcome.worker_errors[f"{type(error).__name__}: {error}"[:120]] += 1
+                conn.close()
+                conn = None
 
     def request(self, conn, method, path, body=None):
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -209,12 +230,12 @@ class Load:
         with self.outcome.lock:
             self.counter += 1
             name = f"fs{self.run_id} {index} {self.counter}"
+            self.outcome.sent_names.append(name)
         body = {"name": name, "dob": "1990-01-02", "fight_skills": ["Judo"]}
         warrior = self.write(conn, "POST", "/warrior", body, 201)
         if warrior:
             with self.outcome.lock:
                 self.outcome.acked[warrior["id"]] = warrior["version"]
-                self.outcome.created_names.append(name)
                 self.outcome.created_ids[name] = warrior["id"]
             mine.append((warrior["id"], warrior["version"]))
 
@@ -268,7 +289,7 @@ def settle_and_check(env, outcome, verify_wait_s):
         print(verify.stdout[-2000:], verify.stderr[-2000:], file=sys.stderr)
 
     lost = lost_writes(env, rows)
-    names = "\n".join(outcome.created_names)
+    names = "\n".join(outcome.sent_names)
     duplicates = duplicate_creates(env, names, outcome.created_ids)
     with urllib_open(env["GATEWAY_URL"] + "/counting-warriors") as response:
         counted = json.load(response)["count"]
@@ -297,7 +318,8 @@ def lost_writes(env, rows, report=True):
 
 
 def duplicate_creates(env, names, created_ids):
-    """Creates that produced more than one warrior; prints each (a bug)."""
+    """Creates that produced more than one warrior, among every create sent
+    (acknowledged or not); prints each (a bug)."""
     if not names:
         return 0
     script = ("CREATE TEMP TABLE created (name text);\n"
@@ -310,7 +332,8 @@ def duplicate_creates(env, names, created_ids):
     rows = [line for line in out.strip().splitlines() if "|" in line]
     for line in rows[:10]:
         name, events = line.split("|", 1)
-        print(f"   duplicate: {name!r} acknowledged as {created_ids.get(name)}; created: {events}", file=sys.stderr)
+        print(f"   duplicate: {name!r} acknowledged as {created_ids.get(name, 'nothing')}; created: {events}",
+              file=sys.stderr)
     return len(rows)
 
 
@@ -360,10 +383,22 @@ def run_fault(fault, env, args, run_id):
         expectations.append(f"{outcome.writes_failed} writes failed")
     if fault.reads_never_fail and outcome.reads_failed:
         expectations.append(f"{outcome.reads_failed} reads failed")
-    if fault.writes_fail_fast and outcome.slowest_failed_write_ms > args.fail_fast_ms:
-        expectations.append(f"a failed write took {outcome.slowest_failed_write_ms:.0f} ms")
+    if fault.writes_fail_fast:
+        slowest = outcome.slowest_write_started_between(injected, restored)
+        if slowest > args.fail_fast_ms:
+            expectations.append(f"a write sent during the outage took {slowest:.0f} ms")
+        if not outcome.writes_failed:
+            expectations.append("no write failed while the part was down")
+    if not outcome.writes_ok:
+        expectations.append("no write was acknowledged")
+    if outcome.worker_errors:
+        expectations.append(f"load workers hit {dict(outcome.worker_errors)}")
     if recovery_s == float("inf"):
         expectations.append("writes did not recover")
+    else:
+        late = outcome.writes_failed_after(restored + recovery_s + RECOVERY_GRACE_S)
+        if late:
+            expectations.append(f"{late} writes failed after writes had come back")
     if settle_s > args.settle_max:
         expectations.append(f"the projection settled {settle_s:.0f} s after the load (limit {args.settle_max} s)")
     passed = lost == 0 and duplicates == 0 and count_ok and verify_ok and not expectations
