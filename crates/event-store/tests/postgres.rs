@@ -169,20 +169,32 @@ async fn a_late_commit_with_a_lower_position_is_still_relayed(pool: PgPool) {
 
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn outbox_lag_spans_the_waiting_events_and_is_zero_once_all_are_acknowledged(pool: PgPool) {
-    let store = EventStore::new(pool);
+    let store = EventStore::new(pool.clone());
     assert_eq!(store.outbox_lag().await.expect("lag"), (0, 0.0));
     let id = Uuid::new_v4();
     for version in 1..=3 {
         store.append_batch(&[event(id, version)]).await.expect("append");
     }
+    // Events 1 and 2 as if committed 10 and 5 minutes ago: the age is the
+    // oldest waiting event's, whichever that is.
+    sqlx::query(
+        "UPDATE events SET occurred_at = now() - interval '5 minutes' * (3 - version)
+         WHERE aggregate_id = $1 AND version < 3",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .expect("backdate");
     let (waiting, age) = store.outbox_lag().await.expect("lag");
     assert_eq!(waiting, 3);
-    assert!(age >= 0.0, "age of the first in line: {age}");
+    assert!((600.0..660.0).contains(&age), "age of the first in line: {age}");
 
     let mut lease = store.try_lease_outbox().await.expect("db").expect("lease");
     let batch = lease.next_batch(10).await.expect("outbox");
     lease.acknowledge(&[batch[0].position]).await.expect("ack");
-    assert_eq!(store.outbox_lag().await.expect("lag").0, 2);
+    let (waiting, age) = store.outbox_lag().await.expect("lag");
+    assert_eq!(waiting, 2);
+    assert!((300.0..360.0).contains(&age), "age of the next in line: {age}");
     let rest: Vec<i64> = batch[1..].iter().map(|e| e.position).collect();
     lease.acknowledge(&rest).await.expect("ack");
     assert_eq!(store.outbox_lag().await.expect("lag"), (0, 0.0));

@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -75,4 +75,34 @@ pub fn assert_complete_and_ordered(expected: &HashMap<Uuid, i64>, seen: &HashMap
             "events of {id} missing or out of order"
         );
     }
+}
+
+/// The offsets consumer group `group` has committed for `partitions` of
+/// `topic` (`None` where it has none), read from the group coordinator
+/// without joining the group, so its members are not disturbed.
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str, partitions: &[i32]) -> Vec<(i32, Option<i64>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut wanted = TopicPartitionList::new();
+    for &partition in partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer
+        .committed_offsets(wanted, Duration::from_secs(10))
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let offset = match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            };
+            (element.partition(), offset)
+        })
+        .collect()
 }

@@ -6,7 +6,7 @@
 mod kafka;
 mod spare;
 
-pub use kafka::{assert_complete_and_ordered, read_versions_from_topic};
+pub use kafka::{assert_complete_and_ordered, committed_offsets, read_versions_from_topic};
 pub use spare::{Spare, SpareKind};
 
 use std::future::Future;

@@ -3,7 +3,9 @@
 
 use futures::future::join_all;
 use serde_json::{json, Value};
-use test_kit::{new_warrior, Stack};
+use std::time::Duration;
+
+use test_kit::{new_warrior, poll_until, Stack};
 
 async fn put(stack: &Stack, id: &str, body: &Value, if_match: Option<&str>) -> reqwest::Response {
     let mut request = stack.http.put(stack.at(&format!("/warrior/{id}"))).json(body);
@@ -245,6 +247,18 @@ async fn a_schema_1_event_reads_in_the_current_shape_on_both_sides() {
     let warrior: Value = stack.get(&format!("/warrior/{id}")).await.json().await.expect("JSON");
     assert_eq!(warrior["fight_skills"], json!(["Jian"]), "{warrior}");
     assert_eq!(warrior["version"], 1);
+    // The lookup above may have been answered from the event store (read
+    // your writes); the projector's own reading shows in the read model.
+    let read_model = sqlx::PgPool::connect(&stack.read_model_url).await.expect("read model");
+    let projected: Vec<String> = poll_until(Duration::from_secs(10), "the projector to apply it", || async {
+        sqlx::query_scalar("SELECT fight_skills FROM warriors WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&read_model)
+            .await
+            .expect("read model")
+    })
+    .await;
+    assert_eq!(projected, ["Jian"]);
 
     // Replacing it builds on the upcast state like any other warrior.
     let replaced = put(

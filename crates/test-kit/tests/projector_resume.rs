@@ -8,6 +8,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use test_kit::{new_warrior, poll_until, Stack};
 
+/// The projector's topic and consumer group (the services' defaults).
+const TOPIC: &str = "warrior-events";
+const GROUP: &str = "warrior-read-projection";
+
 async fn row_version(read_model: &PgPool, id: uuid::Uuid) -> Option<i64> {
     sqlx::query_scalar("SELECT version FROM warriors WHERE id = $1")
         .bind(id)
@@ -32,6 +36,21 @@ async fn a_read_model_restored_to_an_earlier_point_is_caught_up_from_its_own_off
     // is gone and the stored offsets are back where they were then. Kafka's
     // committed offsets, meanwhile, are past its event.
     stack.dev(&["stop", "query-service"]);
+    let stored: Vec<(i32, i64)> =
+        sqlx::query_as("SELECT partition, next_offset FROM projection_offsets WHERE topic = $1 ORDER BY partition")
+            .bind(TOPIC)
+            .fetch_all(&read_model)
+            .await
+            .expect("stored offsets");
+    let partitions: Vec<i32> = stored.iter().map(|(partition, _)| *partition).collect();
+    let committed = test_kit::committed_offsets(&stack.kafka_brokers, GROUP, TOPIC, &partitions);
+    for ((partition, next), (_, kafka)) in stored.iter().zip(&committed) {
+        assert!(
+            kafka.is_some_and(|kafka| kafka >= *next),
+            "partition {partition}: Kafka's committed offset {kafka:?} is not past the rows' {next}, \
+             so a restart would re-read the event without the stored offsets"
+        );
+    }
     let mut restore = read_model.begin().await.expect("begin");
     for statement in [
         "DELETE FROM warrior_names WHERE id = $1",
