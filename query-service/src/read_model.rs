@@ -134,20 +134,54 @@ pub struct ReadModel {
 /// cost a statement per search (a third of a search's database time).
 /// Reloaded at most every [`SKILLS_MAX_AGE`]: a skill first seen in the last
 /// second may be missing from search results for that long.
-#[derive(Debug, Default)]
+///
+/// Skills are whatever clients send, so the vocabulary has no bound of its
+/// own: past `held_max` skills it is not held (nor reloaded every second)
+/// and a search matches skills through `skill_names`' trigram index.
+#[derive(Debug)]
 struct SkillVocabulary {
-    loaded: RwLock<Option<(Instant, Arc<Vec<String>>)>>,
+    loaded: RwLock<Option<(Instant, Arc<Vocabulary>)>>,
     reloading: Mutex<()>,
+    held_max: usize,
+}
+
+/// The skill vocabulary as last loaded.
+#[derive(Debug)]
+enum Vocabulary {
+    /// Every skill, lower-cased, matched in memory.
+    Held(Vec<String>),
+    /// More skills than are held: matched in the database.
+    TooLarge,
 }
 
 const SKILLS_MAX_AGE: Duration = Duration::from_secs(1);
+/// How often a vocabulary found too large is counted again (it only
+/// shrinks through a rebuild).
+const TOO_LARGE_MAX_AGE: Duration = Duration::from_secs(60);
+/// Most skills held in memory: ~0.5 MB, and well past the few hundred
+/// martial arts of the load profiles.
+const HELD_SKILLS_MAX: usize = 10_000;
+/// Most matching skills a search looks for holders of. A search returns at
+/// most [`PAGE`] warriors anyway; a term such as "a" in a vast vocabulary
+/// must not become an array of every skill.
+const MATCHED_SKILLS_MAX: usize = 1_000;
+
+impl SkillVocabulary {
+    fn new(held_max: usize) -> Self {
+        Self {
+            loaded: RwLock::default(),
+            reloading: Mutex::default(),
+            held_max,
+        }
+    }
+}
 
 impl ReadModel {
     pub fn new(pool: PgPool) -> Self {
         Self {
             search_pool: pool.clone(),
             pool,
-            skills: Arc::default(),
+            skills: Arc::new(SkillVocabulary::new(HELD_SKILLS_MAX)),
         }
     }
 
@@ -202,13 +236,7 @@ impl ReadModel {
                 .fetch_one(&self.search_pool)
                 .await?
         };
-        let skills: Vec<String> = self
-            .skill_vocabulary()
-            .await?
-            .iter()
-            .filter(|skill| skill.contains(&lower))
-            .cloned()
-            .collect();
+        let skills = self.matching_skills(&lower).await?;
         let piece = index_piece(term).map(|piece| index_pattern(term, piece));
         let sql = name_query(piece.is_some());
         let mut rows: Vec<WarriorRow> = if let Some(piece) = piece {
@@ -322,21 +350,53 @@ impl ReadModel {
         Ok(taken.len() as u64)
     }
 
-    /// The skill vocabulary, reloaded when older than [`SKILLS_MAX_AGE`] by
-    /// one request while the others keep using the previous one.
-    async fn skill_vocabulary(&self) -> Result<Arc<Vec<String>>, sqlx::Error> {
+    /// The skills (lower-cased) containing `lower`, at most [`MATCHED_SKILLS_MAX`].
+    async fn matching_skills(&self, lower: &str) -> Result<Vec<String>, sqlx::Error> {
+        match &*self.skill_vocabulary().await? {
+            Vocabulary::Held(skills) => Ok(skills
+                .iter()
+                .filter(|skill| skill.contains(lower))
+                .take(MATCHED_SKILLS_MAX)
+                .cloned()
+                .collect()),
+            Vocabulary::TooLarge => {
+                sqlx::query_scalar("SELECT name_lower FROM skill_names WHERE name_lower LIKE $1 LIMIT $2")
+                    .bind(format!("%{}%", escape_like(lower)))
+                    .bind(MATCHED_SKILLS_MAX as i64)
+                    .fetch_all(&self.search_pool)
+                    .await
+            }
+        }
+    }
+
+    /// The skill vocabulary, reloaded when older than [`SKILLS_MAX_AGE`]
+    /// ([`TOO_LARGE_MAX_AGE`] when too large to hold) by one request while
+    /// the others keep using the previous one.
+    async fn skill_vocabulary(&self) -> Result<Arc<Vocabulary>, sqlx::Error> {
         let cached = self.skills.loaded.read().await.clone();
+        let fresh = |at: &Instant, vocabulary: &Vocabulary| {
+            at.elapsed()
+                < match vocabulary {
+                    Vocabulary::Held(_) => SKILLS_MAX_AGE,
+                    Vocabulary::TooLarge => TOO_LARGE_MAX_AGE,
+                }
+        };
         match (&cached, self.skills.reloading.try_lock()) {
-            (Some((at, skills)), _) if at.elapsed() < SKILLS_MAX_AGE => Ok(Arc::clone(skills)),
-            (Some((_, skills)), Err(_)) => Ok(Arc::clone(skills)),
+            (Some((at, vocabulary)), _) if fresh(at, vocabulary) => Ok(Arc::clone(vocabulary)),
+            (Some((_, vocabulary)), Err(_)) => Ok(Arc::clone(vocabulary)),
             (_, _guard) => {
-                let skills: Arc<Vec<String>> = Arc::new(
-                    sqlx::query_scalar("SELECT name_lower FROM skill_names")
-                        .fetch_all(&self.search_pool)
-                        .await?,
-                );
-                *self.skills.loaded.write().await = Some((Instant::now(), Arc::clone(&skills)));
-                Ok(skills)
+                let held_max = self.skills.held_max;
+                let skills: Vec<String> = sqlx::query_scalar("SELECT name_lower FROM skill_names LIMIT $1")
+                    .bind(held_max as i64 + 1)
+                    .fetch_all(&self.search_pool)
+                    .await?;
+                let vocabulary = Arc::new(if skills.len() > held_max {
+                    Vocabulary::TooLarge
+                } else {
+                    Vocabulary::Held(skills)
+                });
+                *self.skills.loaded.write().await = Some((Instant::now(), Arc::clone(&vocabulary)));
+                Ok(vocabulary)
             }
         }
     }
@@ -702,6 +762,7 @@ fn escape_like(term: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared_kernel::WarriorState;
 
     fn event(id: Uuid, version: i64, event: WarriorEvent) -> Applicable {
         Applicable {
@@ -710,6 +771,58 @@ mod tests {
             occurred_at: Utc::now(),
             event,
         }
+    }
+
+    fn created(name: &str, skills: &[&str]) -> Applicable {
+        let state = WarriorState {
+            name: name.to_owned(),
+            dob: NaiveDate::from_ymd_opt(1600, 1, 1).expect("a date"),
+            fight_skills: skills.iter().map(|&skill| skill.to_owned()).collect(),
+        };
+        event(Uuid::new_v4(), 1, WarriorEvent::Created(state))
+    }
+
+    /// Names of the warriors a search found, sorted.
+    async fn found(model: &ReadModel, term: &str) -> Vec<String> {
+        let mut names: Vec<String> = model
+            .search(term)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|warrior| warrior.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn skills_are_found_whether_the_vocabulary_is_held_or_too_large_to_hold(pool: PgPool) {
+        let held = ReadModel::new(pool.clone());
+        let too_large = ReadModel {
+            skills: Arc::new(SkillVocabulary::new(3)),
+            ..ReadModel::new(pool)
+        };
+        let events = [
+            created("Ann", &["Judo", "Kendo"]),
+            created("Bo", &["Kendo"]),
+            created("Cy", &["Aikido", "Kali_Do"]),
+            created("Di", &["Savate"]),
+        ];
+        held.apply("warrior-events", &events, &[]).await.expect("apply");
+        for model in [&held, &too_large] {
+            assert_eq!(found(model, "KENDO").await, ["Ann", "Bo"]);
+            assert_eq!(found(model, "do").await, ["Ann", "Bo", "Cy"]);
+            assert_eq!(found(model, "i_d").await, ["Cy"]);
+            assert_eq!(found(model, "i%d").await, Vec::<String>::new());
+        }
+        assert!(matches!(
+            *held.skill_vocabulary().await.expect("vocabulary"),
+            Vocabulary::Held(_)
+        ));
+        assert!(matches!(
+            *too_large.skill_vocabulary().await.expect("vocabulary"),
+            Vocabulary::TooLarge
+        ));
     }
 
     #[test]
