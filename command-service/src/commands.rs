@@ -20,6 +20,14 @@ use uuid::Uuid;
 
 use crate::stream_locks::StreamLocks;
 
+/// Events of one warrior's history, in version order.
+#[derive(Debug)]
+pub struct HistoryPage {
+    pub events: Vec<StoredEvent>,
+    /// Later events exist beyond this page.
+    pub more: bool,
+}
+
 /// Namespace for ids derived from idempotency keys (UUIDv5).
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x8f1d_3c2a_5b4e_4f60_9a7d_0e21_c3b4_a596);
 
@@ -185,15 +193,17 @@ impl Commands {
         self.append_on_live(id, &WarriorEvent::Deleted, if_match, meta).await
     }
 
-    /// The audit trail of a warrior (deleted ones included), each event's
-    /// data in the current schema (older events upcast, as every reader sees
-    /// them).
-    pub async fn history(&self, id: Uuid) -> Result<Vec<StoredEvent>, CommandError> {
-        let events = self.store.read_stream(id).await?;
-        if events.is_empty() {
+    /// A page of the audit trail of a warrior (deleted ones included): at
+    /// most `limit` events above `after_version`, each event's data in the
+    /// current schema (older events upcast, as every reader sees them).
+    pub async fn history(&self, id: Uuid, after_version: i64, limit: i64) -> Result<HistoryPage, CommandError> {
+        let mut events = self.store.read_stream_page(id, after_version, limit + 1).await?;
+        let more = events.len() as i64 > limit;
+        events.truncate(limit as usize);
+        if events.is_empty() && (after_version == 0 || self.store.read_stream_page(id, 0, 1).await?.is_empty()) {
             return Err(CommandError::NotFound);
         }
-        events
+        let events = events
             .into_iter()
             .map(|event| {
                 let data = WarriorEvent::decode(&event.event_type, event.schema_version, &event.data)?.data();
@@ -203,7 +213,8 @@ impl Commands {
                     ..event
                 })
             })
-            .collect()
+            .collect::<Result<_, CommandError>>()?;
+        Ok(HistoryPage { events, more })
     }
 
     /// Appends `event` on top of a live stream, re-deciding after lost races

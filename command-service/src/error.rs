@@ -16,6 +16,9 @@ pub enum ApiError {
     Command(#[from] CommandError),
     #[error("Idempotency-Key {0}")]
     BadIdempotencyKey(&'static str),
+    /// A query parameter out of its range.
+    #[error("query parameter {field} {reason}")]
+    BadQuery { field: &'static str, reason: String },
 }
 
 impl IntoResponse for ApiError {
@@ -43,6 +46,13 @@ impl IntoResponse for ApiError {
             .with_errors(errors),
             Self::BadIdempotencyKey(reason) => Problem::new(StatusCode::BAD_REQUEST, self.to_string())
                 .with_errors(serde_json::json!({"Idempotency-Key": reason})),
+            Self::BadQuery { field, ref reason } => Problem::typed(
+                StatusCode::BAD_REQUEST,
+                "malformed-query",
+                "Malformed query string",
+                self.to_string(),
+            )
+            .with_errors(serde_json::json!({ field: reason })),
             Self::Command(error) => return command_problem(error).into_response(),
         };
         problem.into_response()

@@ -8,17 +8,17 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use http_kit::extract::Path;
+use http_kit::extract::{Path, Query};
 use http_kit::{health, Health, JsonBody, Problem, Readiness, REQUEST_ID};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared_kernel::openapi::WarriorInput;
 use shared_kernel::{parse_warrior, IdempotencyKey, Warrior, WarriorDraft};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::commands::{today, Created, RequestMeta};
@@ -213,25 +213,92 @@ pub struct HistoryEntry {
     data: Value,
 }
 
+/// Most events in one answer of `GET /warrior/{id}/events`: a history can
+/// grow without bound (every `PUT` adds an event), an answer must not.
+pub const HISTORY_PAGE_MAX: i64 = 1_000;
+
+/// Query of `GET /warrior/{id}/events`: which page of the history. Read as
+/// text and parsed here, so that a value that is not a number is refused
+/// naming its parameter, as one out of range is.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Only events with a higher version (default 0: from the first).
+    #[param(value_type = Option<i64>, minimum = 0, example = 0)]
+    after_version: Option<String>,
+    /// Most events to answer (default and maximum 1,000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000, example = 100)]
+    limit: Option<String>,
+}
+
+impl HistoryParams {
+    /// (after_version, limit), or which parameter is unacceptable.
+    fn page(&self) -> Result<(i64, i64), ApiError> {
+        let after_version = number_in(self.after_version.as_deref(), "after_version", 0, 0..=i64::MAX)?;
+        let limit = number_in(self.limit.as_deref(), "limit", HISTORY_PAGE_MAX, 1..=HISTORY_PAGE_MAX)?;
+        Ok((after_version, limit))
+    }
+}
+
+/// A whole-number query parameter within `range` (`default` when absent).
+fn number_in(
+    raw: Option<&str>,
+    field: &'static str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(default) };
+    match raw.parse::<i64>() {
+        Ok(value) if range.contains(&value) => Ok(value),
+        _ if *range.end() == i64::MAX => Err(ApiError::BadQuery {
+            field,
+            reason: format!("must be a whole number of at least {}", range.start()),
+        }),
+        _ => Err(ApiError::BadQuery {
+            field,
+            reason: format!("must be a whole number from {} to {}", range.start(), range.end()),
+        }),
+    }
+}
+
 /// A warrior's history.
 ///
 /// The audit trail from the event store, in version order; kept after a
-/// deletion.
+/// deletion. Answered a page at a time (1,000 events unless `limit` says
+/// fewer): when later events exist, a `Link` header names the next page
+/// (`rel="next"`).
 #[utoipa::path(
     get,
     path = "/warrior/{id}/events",
     operation_id = "warriorHistory",
     tag = "warriors",
-    params(WarriorId),
+    params(WarriorId, HistoryParams),
     responses(
-        (status = 200, description = "Every event of the warrior, oldest first.", body = Vec<HistoryEntry>),
+        (status = 200, description = "The warrior's events above `after_version`, oldest first, at most `limit`.", body = Vec<HistoryEntry>,
+            headers(("Link" = String, description = "`<…/events?after_version=N&limit=M>; rel=\"next\"` when later events exist."))),
+        (status = 400, description = "`after_version` or `limit` is out of range or not a number.", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such warrior ever existed (or not a UUID).", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The event store is unavailable; retry.", body = Problem, content_type = "application/problem+json"),
     ),
 )]
-pub async fn history(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let events = app.commands.history(parse_id(&id)?).await?;
-    let entries: Vec<HistoryEntry> = events
+pub async fn history(
+    State(app): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<HistoryParams>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let (after_version, limit) = params.page()?;
+    let page = app.commands.history(parse_id(&id)?, after_version, limit).await?;
+    let next = match (page.more, page.events.last()) {
+        (true, Some(last)) => Some(format!(
+            "<{}?after_version={}&limit={limit}>; rel=\"next\"",
+            uri.path(),
+            last.version
+        )),
+        _ => None,
+    };
+    let entries: Vec<HistoryEntry> = page
+        .events
         .into_iter()
         .map(|e| HistoryEntry {
             event_id: e.event_id,
@@ -241,7 +308,11 @@ pub async fn history(State(app): State<Arc<AppState>>, Path(id): Path<String>) -
             data: e.data,
         })
         .collect();
-    Ok(Json(entries).into_response())
+    let mut response = Json(entries).into_response();
+    if let Some(link) = next.and_then(|link| HeaderValue::from_str(&link).ok()) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    Ok(response)
 }
 
 /// Command side alive.

@@ -151,6 +151,25 @@ impl EventStore {
             .await?)
     }
 
+    /// At most `limit` events of one stream with a version above `version`,
+    /// in order: a page of a history too long to answer whole.
+    pub async fn read_stream_page(
+        &self,
+        aggregate_id: Uuid,
+        version: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND version > $2 ORDER BY version LIMIT $3"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(aggregate_id)
+            .bind(version)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// The newest snapshot of a stream, if one was taken.
     pub async fn load_snapshot(&self, aggregate_id: Uuid) -> Result<Option<Snapshot>, EventStoreError> {
         Ok(

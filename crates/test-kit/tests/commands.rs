@@ -123,6 +123,77 @@ async fn fifty_concurrent_puts_without_if_match_all_apply_in_sequence() {
     assert_eq!(versions, (1..=51).collect::<Vec<_>>());
 }
 
+/// A long history comes a page at a time, each naming the next in `Link`.
+#[tokio::test]
+async fn history_pages_follow_their_next_links_to_the_end() {
+    let stack = Stack::from_env();
+    let id = stack.create(&new_warrior()).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for n in 2..=5 {
+        let body = json!({"name": format!("Page {n}"), "dob": "1990-01-01"});
+        assert_eq!(put(&stack, &id, &body, None).await.status(), 200);
+    }
+    let mut versions = Vec::new();
+    let mut next = Some(format!("/warrior/{id}/events?limit=2"));
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        let response = stack.get(&path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        next = response.headers().get("link").map(|link| {
+            let link = link.to_str().expect("ASCII");
+            let target = link
+                .strip_prefix('<')
+                .and_then(|rest| rest.strip_suffix(">; rel=\"next\""))
+                .unwrap_or_else(|| panic!("a next link: {link}"));
+            target.to_owned()
+        });
+        let page: Vec<Value> = response.json().await.expect("JSON");
+        versions.extend(page.iter().map(|event| event["version"].as_i64().expect("version")));
+        pages += 1;
+    }
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(pages, 3);
+
+    let past_the_end = stack.get(&format!("/warrior/{id}/events?after_version=5")).await;
+    assert_eq!(past_the_end.status(), 200);
+    assert!(past_the_end.headers().get("link").is_none());
+    assert_eq!(
+        past_the_end.json::<Vec<Value>>().await.expect("JSON"),
+        Vec::<Value>::new()
+    );
+    let unknown = uuid::Uuid::now_v7();
+    assert_eq!(
+        stack
+            .get(&format!("/warrior/{unknown}/events?after_version=3"))
+            .await
+            .status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn history_parameters_out_of_range_are_a_400_naming_them() {
+    let stack = Stack::from_env();
+    let id = stack.create(&new_warrior()).await["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("after_version=-1", "after_version"),
+    ] {
+        let response = stack.get(&format!("/warrior/{id}/events?{query}")).await;
+        assert_eq!(response.status(), 400, "{query}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().await.expect("JSON");
+        assert!(problem["errors"][field].is_string(), "{query}: {problem}");
+    }
+}
+
 #[tokio::test]
 async fn delete_hides_the_warrior_but_keeps_its_history() {
     let stack = Stack::from_env();
