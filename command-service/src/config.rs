@@ -32,6 +32,16 @@ pub struct Config {
     #[arg(long, env = "DATABASE_TIMEOUT_MS", default_value_t = 2000)]
     pub database_timeout_ms: u64,
 
+    /// Longest any statement on the event store may run (PostgreSQL's
+    /// statement_timeout), lock waits included; keep it below
+    /// REQUEST_TIMEOUT_MS. A batch of appends stuck behind a lock is then
+    /// rolled back and its commands answered 503 with nothing written, so a
+    /// retry is safe; past the request time limit their 503 could not say
+    /// whether the append would still commit. Migrations are not limited.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_statement_timeout_ms: u64,
+
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,

@@ -15,7 +15,8 @@ use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::Connection as _;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -81,20 +82,28 @@ pub fn app(state: AppState, config: &Config, metrics: PrometheusHandle) -> Route
 /// Connects, migrates, starts the writer and the relay, and serves until a
 /// shutdown signal; then drains requests and stops the relay cleanly.
 pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    let options = config
+        .database_url
+        .parse::<PgConnectOptions>()
+        .context("invalid DATABASE_URL")?
+        .application_name("command-service");
+    // Migrations on a connection of their own: the pool's statement limit
+    // would cancel a long one (an index built on a large table).
+    let mut migrating = PgConnection::connect_with(&options)
+        .await
+        .context("cannot connect to the event store")?;
+    event_store::MIGRATOR
+        .run(&mut migrating)
+        .await
+        .context("cannot migrate the event store")?;
+    migrating
+        .close()
+        .await
+        .context("cannot close the migrating connection")?;
     let pool = http_kit::pool_options()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())
-        .connect_lazy_with(
-            config
-                .database_url
-                .parse::<PgConnectOptions>()
-                .context("invalid DATABASE_URL")?
-                .application_name("command-service"),
-        );
-    event_store::MIGRATOR
-        .run(&pool)
-        .await
-        .context("cannot migrate the event store")?;
+        .connect_lazy_with(options.options([("statement_timeout", config.database_statement_timeout_ms.to_string())]));
     let store = EventStore::new(pool);
 
     let committed = Arc::new(Notify::new());
