@@ -164,7 +164,7 @@ impl Commands {
 
     /// A repeated idempotent create: same body, same answer; else refused.
     async fn replay_create(&self, id: Uuid, draft: &WarriorDraft) -> Result<Created, CommandError> {
-        let first = self.store.read_stream(id).await?.into_iter().next();
+        let first = self.store.read_stream_page(id, 0, 1).await?.into_iter().next();
         let first = first
             .map(|e| WarriorEvent::decode(&e.event_type, e.schema_version, &e.data))
             .transpose()?;

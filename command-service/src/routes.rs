@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -285,14 +285,13 @@ pub async fn history(
     State(app): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(params): Query<HistoryParams>,
-    uri: Uri,
 ) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
     let (after_version, limit) = params.page()?;
-    let page = app.commands.history(parse_id(&id)?, after_version, limit).await?;
+    let page = app.commands.history(id, after_version, limit).await?;
     let next = match (page.more, page.events.last()) {
         (true, Some(last)) => Some(format!(
-            "<{}?after_version={}&limit={limit}>; rel=\"next\"",
-            uri.path(),
+            "</warrior/{id}/events?after_version={}&limit={limit}>; rel=\"next\"",
             last.version
         )),
         _ => None,

@@ -350,21 +350,54 @@ impl ReadModel {
         Ok(taken.len() as u64)
     }
 
-    /// The skills (lower-cased) containing `lower`, at most [`MATCHED_SKILLS_MAX`].
+    /// The skills (lower-cased) containing `lower`, at most
+    /// [`MATCHED_SKILLS_MAX`]; the skill spelled exactly as the term always
+    /// among them (skills are never removed from the vocabulary, so the
+    /// first thousand containing a term may be held by no live warrior).
     async fn matching_skills(&self, lower: &str) -> Result<Vec<String>, sqlx::Error> {
         match &*self.skill_vocabulary().await? {
-            Vocabulary::Held(skills) => Ok(skills
-                .iter()
-                .filter(|skill| skill.contains(lower))
-                .take(MATCHED_SKILLS_MAX)
-                .cloned()
-                .collect()),
+            Vocabulary::Held(skills) => {
+                let mut matched: Vec<String> = skills
+                    .iter()
+                    .find(|skill| *skill == lower)
+                    .cloned()
+                    .into_iter()
+                    .collect();
+                let room = MATCHED_SKILLS_MAX - matched.len();
+                matched.extend(
+                    skills
+                        .iter()
+                        .filter(|skill| skill.contains(lower) && *skill != lower)
+                        .take(room)
+                        .cloned(),
+                );
+                Ok(matched)
+            }
             Vocabulary::TooLarge => {
-                sqlx::query_scalar("SELECT name_lower FROM skill_names WHERE name_lower LIKE $1 LIMIT $2")
-                    .bind(format!("%{}%", escape_like(lower)))
-                    .bind(MATCHED_SKILLS_MAX as i64)
-                    .fetch_all(&self.search_pool)
-                    .await
+                let query = sqlx::query_scalar(
+                    "(SELECT name_lower FROM skill_names WHERE name_lower = $3)
+                     UNION ALL
+                     (SELECT name_lower FROM skill_names WHERE name_lower LIKE $1 AND name_lower <> $3 LIMIT $2)",
+                )
+                .bind(format!("%{}%", escape_like(lower)))
+                .bind(MATCHED_SKILLS_MAX as i64 - 1)
+                .bind(lower);
+                if has_trigram(lower) {
+                    query.fetch_all(&self.search_pool).await
+                } else {
+                    // No trigram to look up: the index would hand over every
+                    // entry before the first match. Reading the table stops
+                    // at the limit.
+                    let mut tx = self.search_pool.begin().await?;
+                    sqlx::query(
+                        "SELECT set_config('enable_seqscan', 'on', true), set_config('enable_bitmapscan', 'off', true)",
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    let skills = query.fetch_all(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(skills)
+                }
             }
         }
     }
@@ -384,21 +417,32 @@ impl ReadModel {
         match (&cached, self.skills.reloading.try_lock()) {
             (Some((at, vocabulary)), _) if fresh(at, vocabulary) => Ok(Arc::clone(vocabulary)),
             (Some((_, vocabulary)), Err(_)) => Ok(Arc::clone(vocabulary)),
-            (_, _guard) => {
-                let held_max = self.skills.held_max;
-                let skills: Vec<String> = sqlx::query_scalar("SELECT name_lower FROM skill_names LIMIT $1")
-                    .bind(held_max as i64 + 1)
-                    .fetch_all(&self.search_pool)
-                    .await?;
-                let vocabulary = Arc::new(if skills.len() > held_max {
-                    Vocabulary::TooLarge
-                } else {
-                    Vocabulary::Held(skills)
-                });
-                *self.skills.loaded.write().await = Some((Instant::now(), Arc::clone(&vocabulary)));
-                Ok(vocabulary)
+            // Nothing loaded yet and another search loading it: wait for that.
+            (None, Err(_)) => {
+                let _guard = self.skills.reloading.lock().await;
+                match self.skills.loaded.read().await.clone() {
+                    Some((_, vocabulary)) => Ok(vocabulary),
+                    None => self.load_vocabulary().await,
+                }
             }
+            (_, Ok(_guard)) => self.load_vocabulary().await,
         }
+    }
+
+    /// Loads the vocabulary (its caller holds the reloading lock).
+    async fn load_vocabulary(&self) -> Result<Arc<Vocabulary>, sqlx::Error> {
+        let held_max = self.skills.held_max;
+        let skills: Vec<String> = sqlx::query_scalar("SELECT name_lower FROM skill_names LIMIT $1")
+            .bind(held_max as i64 + 1)
+            .fetch_all(&self.search_pool)
+            .await?;
+        let vocabulary = Arc::new(if skills.len() > held_max {
+            Vocabulary::TooLarge
+        } else {
+            Vocabulary::Held(skills)
+        });
+        *self.skills.loaded.write().await = Some((Instant::now(), Arc::clone(&vocabulary)));
+        Ok(vocabulary)
     }
 
     /// The most recently created live warriors.
@@ -747,6 +791,16 @@ fn name_query(indexed: bool) -> String {
     )
 }
 
+/// Whether pg_trgm can take a trigram from `lower` inside a LIKE pattern:
+/// three ASCII letters or digits in a row (non-ASCII ones count too in
+/// PostgreSQL, but not for certain; see [`index_piece`]).
+fn has_trigram(lower: &str) -> bool {
+    lower
+        .as_bytes()
+        .windows(3)
+        .any(|window| window.iter().all(u8::is_ascii_alphanumeric))
+}
+
 /// Makes `term` match literally inside a LIKE pattern.
 fn escape_like(term: &str) -> String {
     let mut escaped = String::with_capacity(term.len());
@@ -807,6 +861,7 @@ mod tests {
             created("Bo", &["Kendo"]),
             created("Cy", &["Aikido", "Kali_Do"]),
             created("Di", &["Savate"]),
+            created("Ed", &["Ixd"]),
         ];
         held.apply("warrior-events", &events, &[]).await.expect("apply");
         for model in [&held, &too_large] {
