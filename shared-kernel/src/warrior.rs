@@ -19,6 +19,40 @@ pub const TOO_MANY_SKILLS: &str = "must list at most 100 skills";
 /// written; it is an invalid value (422), not a server failure.
 const NUL: char = '\0';
 
+/// Whether `text` holds a character that shows: not whitespace, not a
+/// control character, not one that renders as nothing. A name of zero-width
+/// spaces is as blank as one of spaces.
+fn shows_something(text: &str) -> bool {
+    text.chars()
+        .any(|c| !c.is_whitespace() && !c.is_control() && !is_default_ignorable(c))
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt,
+/// stable since Unicode 6.3): zero-width spaces and joiners, direction marks,
+/// variation selectors, the byte-order mark, tags and the like.
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
+}
+
 /// A name with at least one non-blank character and at most 100 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -26,7 +60,7 @@ pub struct WarriorName(String);
 
 impl WarriorName {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        if raw.trim().is_empty() {
+        if !shows_something(raw) {
             return Err("must contain a non-blank character");
         }
         if raw.chars().count() > MAX_NAME_CHARS {
@@ -94,7 +128,7 @@ pub struct FightSkill(String);
 
 impl FightSkill {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
-        if raw.trim().is_empty() {
+        if !shows_something(raw) {
             return Err("must contain a non-blank character");
         }
         if raw.chars().count() > MAX_SKILL_CHARS {
@@ -192,6 +226,25 @@ impl Warrior {
 mod tests {
     use super::*;
 
+    #[test]
+    fn names_and_skills_of_invisible_characters_are_blank() {
+        for blank in [
+            "\u{200b}",
+            "\u{feff}\u{200b} ",
+            "\u{2060}\u{200d}",
+            "\u{1}\u{7f}",
+            " \u{3164} ",
+            "\u{e0041}",
+        ] {
+            assert!(WarriorName::parse(blank).is_err(), "name {blank:?}");
+            assert!(FightSkill::parse(blank).is_err(), "skill {blank:?}");
+        }
+        for shown in ["a\u{200b}", "\u{200b}ø", "李", "\u{1f355}", "-"] {
+            assert!(WarriorName::parse(shown).is_ok(), "name {shown:?}");
+            assert!(FightSkill::parse(shown).is_ok(), "skill {shown:?}");
+        }
+    }
+
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 25).expect("valid date")
     }
@@ -206,7 +259,7 @@ mod tests {
     #[test]
     fn nul_characters_are_refused() {
         assert_eq!(WarriorName::parse("a\0b"), Err("must not contain a NUL character"));
-        assert_eq!(FightSkill::parse("\0"), Err("must not contain a NUL character"));
+        assert_eq!(FightSkill::parse("x\0"), Err("must not contain a NUL character"));
     }
 
     #[test]

@@ -230,6 +230,24 @@ async fn invalid_values_are_a_422_problem_with_field_details() {
 }
 
 #[tokio::test]
+async fn a_name_or_skill_that_shows_nothing_is_blank() {
+    let stack = Stack::from_env();
+    let response = stack
+        .post_json(
+            "/warrior",
+            &json!({"name": "\u{200b}\u{feff}", "dob": "2000-01-01", "fight_skills": ["Judo", "\u{2060} "]}),
+        )
+        .await;
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        problem["errors"]["name"], "must contain a non-blank character",
+        "{problem}"
+    );
+    assert!(problem["errors"]["fight_skills[1]"].is_string(), "{problem}");
+}
+
+#[tokio::test]
 async fn body_that_is_not_json_is_a_400() {
     let stack = Stack::from_env();
     let response = stack
