@@ -58,17 +58,22 @@ async fn search_finds_a_warrior_by_name_or_skill_ignoring_case() {
     }
 }
 
+/// `n` (at most 32) random letters a-p, unique to this run in practice.
+fn unique_letters(n: usize) -> String {
+    uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .bytes()
+        .take(n)
+        .map(|b| char::from(b'a' + (b as char).to_digit(16).unwrap_or(0) as u8))
+        .collect()
+}
+
 #[tokio::test]
 async fn search_finds_a_name_by_words_too_short_for_a_trigram() {
     let stack = Stack::from_env();
     // Three two-letter words, unique to this run: no three letters in a row.
-    let letters: String = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .bytes()
-        .take(6)
-        .map(|b| char::from(b'a' + (b as char).to_digit(16).unwrap_or(0) as u8))
-        .collect();
+    let letters = unique_letters(6);
     let term = format!("{} {}-{}", &letters[..2], &letters[2..4], &letters[4..]);
     let body = json!({"name": format!("Zed {term} ø"), "dob": "1990-01-01", "fight_skills": ["Judo"]});
     let created = stack.create(&body).await;
@@ -160,13 +165,7 @@ async fn search_answers_any_term_with_matches_only() {
 #[tokio::test]
 async fn search_matches_percent_and_underscore_literally() {
     let stack = Stack::from_env();
-    let m: String = uuid::Uuid::new_v4()
-        .simple()
-        .to_string()
-        .bytes()
-        .take(8)
-        .map(|b| char::from(b'a' + (b as char).to_digit(16).unwrap_or(0) as u8))
-        .collect();
+    let m = unique_letters(8);
     let decoy = stack
         .create(&json!({"name": format!("{m}Q{m} QaQ{m}"), "dob": "1600-01-01", "fight_skills": null}))
         .await;
