@@ -200,7 +200,7 @@ impl Commands {
         let mut events = self.store.read_stream_page(id, after_version, limit + 1).await?;
         let more = events.len() as i64 > limit;
         events.truncate(limit as usize);
-        if events.is_empty() && (after_version == 0 || self.store.read_stream_page(id, 0, 1).await?.is_empty()) {
+        if events.is_empty() && (after_version == 0 || self.store.head_versions(&[id]).await?.is_empty()) {
             return Err(CommandError::NotFound);
         }
         let events = events

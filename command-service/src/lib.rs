@@ -15,8 +15,7 @@ use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::Connection as _;
+use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -87,19 +86,23 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         .parse::<PgConnectOptions>()
         .context("invalid DATABASE_URL")?
         .application_name("command-service");
-    // Migrations on a connection of their own: the pool's statement limit
-    // would cancel a long one (an index built on a large table).
-    let mut migrating = PgConnection::connect_with(&options)
-        .await
-        .context("cannot connect to the event store")?;
+    anyhow::ensure!(
+        config.database_statement_timeout_ms < config.request_timeout_ms,
+        "DATABASE_STATEMENT_TIMEOUT_MS ({}) must be below REQUEST_TIMEOUT_MS ({}): a write's 503 must mean nothing was written",
+        config.database_statement_timeout_ms,
+        config.request_timeout_ms
+    );
+    // Migrations on a connection of their own, without the pool's statement
+    // limit, which would cancel a long one (an index built on a large table).
+    let migrating = http_kit::pool_options()
+        .max_connections(1)
+        .acquire_timeout(config.database_timeout())
+        .connect_lazy_with(options.clone());
     event_store::MIGRATOR
-        .run(&mut migrating)
+        .run(&migrating)
         .await
         .context("cannot migrate the event store")?;
-    migrating
-        .close()
-        .await
-        .context("cannot close the migrating connection")?;
+    migrating.close().await;
     let pool = http_kit::pool_options()
         .max_connections(config.database_max_connections)
         .acquire_timeout(config.database_timeout())

@@ -214,8 +214,9 @@ impl ReadModel {
 
     /// Live warriors whose name or any skill contains `term`, ignoring case.
     ///
-    /// Skills come from a small vocabulary held in memory: rows holding any
-    /// matching skill are found through the array index. Names are found
+    /// Skills come from a vocabulary held in memory while it is small (past
+    /// that, matched in the database: see [`SkillVocabulary`]): rows holding
+    /// any matching skill are found through the array index. Names are found
     /// through the trigram index of `warrior_names` (kept by the indexer,
     /// so a name shows up there a moment after its row), queried with only
     /// an [`index_piece`] of the term (or a short term whole, see

@@ -142,13 +142,7 @@ impl EventStore {
         aggregate_id: Uuid,
         version: i64,
     ) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let sql =
-            format!("SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = $1 AND version > $2 ORDER BY version");
-        Ok(sqlx::query_as(&sql)
-            .bind(aggregate_id)
-            .bind(version)
-            .fetch_all(&self.pool)
-            .await?)
+        self.read_stream_page(aggregate_id, version, i64::MAX).await
     }
 
     /// At most `limit` events of one stream with a version above `version`,

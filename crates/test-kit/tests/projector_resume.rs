@@ -42,9 +42,12 @@ async fn a_read_model_restored_to_an_earlier_point_is_caught_up_from_its_own_off
             .fetch_all(&read_model)
             .await
             .expect("stored offsets");
+    assert!(!stored.is_empty(), "the read model stored no offsets");
     let partitions: Vec<i32> = stored.iter().map(|(partition, _)| *partition).collect();
     let committed = test_kit::committed_offsets(&stack.kafka_brokers, GROUP, TOPIC, &partitions);
-    for ((partition, next), (_, kafka)) in stored.iter().zip(&committed) {
+    assert_eq!(committed.len(), stored.len());
+    for ((partition, next), (kafka_partition, kafka)) in stored.iter().zip(&committed) {
+        assert_eq!(partition, kafka_partition);
         assert!(
             kafka.is_some_and(|kafka| kafka >= *next),
             "partition {partition}: Kafka's committed offset {kafka:?} is not past the rows' {next}, \
