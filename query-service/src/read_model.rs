@@ -37,8 +37,8 @@ const SHORT_PIECE_CHARS: usize = 4;
 pub struct Contents {
     /// The live-warrior counter.
     pub counted: i64,
-    /// Every row, tombstones included, as (warrior, deleted).
-    pub rows: Vec<(Warrior, bool)>,
+    /// Every row, tombstones included.
+    pub rows: Vec<ContentsRow>,
     /// Warriors whose searchable name is wrong with no fix queued.
     pub unindexed: Vec<Uuid>,
 }
@@ -66,6 +66,24 @@ struct WarriorRow {
     dob: Option<NaiveDate>,
     fight_skills: Vec<String>,
     version: i64,
+}
+
+/// One row as `verify` compares it with the event store.
+#[derive(Debug)]
+pub struct ContentsRow {
+    pub warrior: Warrior,
+    pub deleted: bool,
+    /// When the warrior was created (its first event occurred): orders the
+    /// "most recently created" listing.
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, FromRow)]
+struct StoredRow {
+    #[sqlx(flatten)]
+    warrior: WarriorRow,
+    deleted: bool,
+    created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, FromRow)]
@@ -470,13 +488,17 @@ impl ReadModel {
         let counted = sqlx::query_scalar("SELECT live FROM warrior_count")
             .fetch_one(&mut *tx)
             .await?;
-        let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted FROM warriors");
-        let rows: Vec<LookupRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
+        let sql = format!("SELECT {WARRIOR_COLUMNS}, deleted, created_at FROM warriors");
+        let rows: Vec<StoredRow> = sqlx::query_as(&sql).fetch_all(&mut *tx).await?;
         let unindexed = sqlx::query_scalar(UNINDEXED).fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let rows = rows
             .into_iter()
-            .map(|r| (Warrior::from(r.warrior), r.deleted))
+            .map(|r| ContentsRow {
+                warrior: Warrior::from(r.warrior),
+                deleted: r.deleted,
+                created_at: r.created_at,
+            })
             .collect();
         Ok(Contents {
             counted,
@@ -503,7 +525,8 @@ impl ReadModel {
     /// ([`crate::projector::ProjectorContext`]).
     ///
     /// Events carry the full state, so only each warrior's newest event of
-    /// the batch matters. Everything (states, tombstones, new skills, the
+    /// the batch matters, and of the others only when the first occurred (a
+    /// new row's creation time). Everything (states, tombstones, new skills, the
     /// live count, offsets) is one statement: one round trip and one implicit
     /// transaction, whatever the batch size. Under load most batches hold one
     /// or two events, so per-batch round trips were most of the cost.
@@ -529,14 +552,16 @@ impl ReadModel {
             .bind(topic)
             .bind(&partitions)
             .bind(&next)
+            .bind(&batch.created)
+            .bind(&batch.deleted_created)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 }
 
-/// One batch as the column arrays [`APPLY_BATCH`] unnests: states ($1–$6),
-/// tombstones ($7–$9).
+/// One batch as the column arrays [`APPLY_BATCH`] unnests: states ($1–$6,
+/// $13), tombstones ($7–$9, $14).
 #[derive(Default)]
 struct Columns<'a> {
     ids: Vec<Uuid>,
@@ -546,15 +571,19 @@ struct Columns<'a> {
     /// Ragged arrays cannot be unnested as text[][]; JSON arrays can.
     skills: Vec<serde_json::Value>,
     times: Vec<DateTime<Utc>>,
+    /// When each warrior's first event of the batch occurred: the creation
+    /// time of a row this batch inserts.
+    created: Vec<DateTime<Utc>>,
     deleted_ids: Vec<Uuid>,
     deleted_versions: Vec<i64>,
     deleted_times: Vec<DateTime<Utc>>,
+    deleted_created: Vec<DateTime<Utc>>,
 }
 
 impl<'a> Columns<'a> {
-    fn of(events: &[&'a Applicable]) -> Self {
+    fn of(events: &[Newest<'a>]) -> Self {
         let mut columns = Self::default();
-        for e in events {
+        for &Newest { event: e, first_at, .. } in events {
             match &e.event {
                 WarriorEvent::Created(state) | WarriorEvent::Updated(state) => {
                     columns.ids.push(e.aggregate_id);
@@ -563,11 +592,13 @@ impl<'a> Columns<'a> {
                     columns.dobs.push(state.dob);
                     columns.skills.push(serde_json::json!(state.fight_skills));
                     columns.times.push(e.occurred_at);
+                    columns.created.push(first_at);
                 }
                 WarriorEvent::Deleted => {
                     columns.deleted_ids.push(e.aggregate_id);
                     columns.deleted_versions.push(e.version);
                     columns.deleted_times.push(e.occurred_at);
+                    columns.deleted_created.push(first_at);
                 }
             }
         }
@@ -577,7 +608,11 @@ impl<'a> Columns<'a> {
 
 /// The whole batch in one statement. Data-modifying CTEs always run to
 /// completion; a warrior appears in at most one of states and tombstones,
-/// so no row is touched twice. Tombstones keep the version only (data
+/// so no row is touched twice. A row inserted here was created when its
+/// warrior's first event of the batch occurred (a create and an update
+/// batched together would otherwise date it from the update, out of its
+/// place in the "most recently created" listing); an existing row keeps its
+/// creation time. Tombstones keep the version only (data
 /// cleared, so a tombstone is the same however events were batched), and
 /// late, older events cannot resurrect them. New skills are inserted in
 /// sorted order, so two projectors cannot deadlock on them. `xmax = 0`
@@ -585,14 +620,15 @@ impl<'a> Columns<'a> {
 /// rows are queued for the search indexer ([`ReadModel::index_names`]).
 const APPLY_BATCH: &str = "
 WITH input AS (
-    SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at
-    FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[])
-         AS t(id, version, name, dob, s, at)
+    SELECT id, version, name, dob, ARRAY(SELECT jsonb_array_elements_text(s)) AS skills, at, created
+    FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::date[], $5::jsonb[], $6::timestamptz[],
+                $13::timestamptz[])
+         AS t(id, version, name, dob, s, at, created)
 ), states AS (
     INSERT INTO warriors (id, version, deleted, name, dob, fight_skills, skills_lower, search_text,
                           created_at, updated_at, projected_at)
     SELECT id, version, false, name, dob, skills, ARRAY(SELECT DISTINCT lower(x) FROM unnest(skills) AS x),
-           lower(name), at, at, clock_timestamp()
+           lower(name), created, at, clock_timestamp()
     FROM input
     ON CONFLICT (id) DO UPDATE
        SET version = EXCLUDED.version, name = EXCLUDED.name, dob = EXCLUDED.dob,
@@ -608,8 +644,8 @@ WITH input AS (
     ON CONFLICT DO NOTHING
 ), tombstones AS (
     INSERT INTO warriors (id, version, deleted, created_at, updated_at, projected_at)
-    SELECT id, version, true, at, at, clock_timestamp()
-    FROM UNNEST($7::uuid[], $8::bigint[], $9::timestamptz[]) AS t(id, version, at)
+    SELECT id, version, true, created, at, clock_timestamp()
+    FROM UNNEST($7::uuid[], $8::bigint[], $9::timestamptz[], $14::timestamptz[]) AS t(id, version, at, created)
     ON CONFLICT (id) DO UPDATE
        SET version = EXCLUDED.version, deleted = true, updated_at = EXCLUDED.updated_at,
            projected_at = EXCLUDED.projected_at,
@@ -678,18 +714,35 @@ SELECT n.id FROM warrior_names n LEFT JOIN warriors w USING (id)
 WHERE (w.id IS NULL OR w.deleted)
   AND NOT EXISTS (SELECT 1 FROM search_queue q WHERE q.id = n.id)";
 
+/// A warrior's newest event of a batch, and when its oldest one (the
+/// lowest version) occurred.
+#[derive(Clone, Copy)]
+struct Newest<'a> {
+    event: &'a Applicable,
+    first_at: DateTime<Utc>,
+    first_version: i64,
+}
+
 /// The newest event of each warrior in a batch.
-fn newest_per_warrior(events: &[Applicable]) -> Vec<&Applicable> {
-    let mut newest: HashMap<Uuid, &Applicable> = HashMap::with_capacity(events.len());
+fn newest_per_warrior(events: &[Applicable]) -> Vec<Newest<'_>> {
+    let mut newest: HashMap<Uuid, Newest> = HashMap::with_capacity(events.len());
     for e in events {
         newest
             .entry(e.aggregate_id)
             .and_modify(|kept| {
-                if kept.version < e.version {
-                    *kept = e;
+                if kept.event.version < e.version {
+                    kept.event = e;
+                }
+                if e.version < kept.first_version {
+                    kept.first_version = e.version;
+                    kept.first_at = e.occurred_at;
                 }
             })
-            .or_insert(e);
+            .or_insert(Newest {
+                event: e,
+                first_at: e.occurred_at,
+                first_version: e.version,
+            });
     }
     newest.into_values().collect()
 }
@@ -825,11 +878,19 @@ mod tests {
         }
     }
 
+    fn created_state() -> WarriorState {
+        WarriorState {
+            name: "Ann".to_owned(),
+            dob: NaiveDate::from_ymd_opt(1600, 1, 1).expect("a date"),
+            fight_skills: vec![],
+        }
+    }
+
     fn created(name: &str, skills: &[&str]) -> Applicable {
         let state = WarriorState {
             name: name.to_owned(),
-            dob: NaiveDate::from_ymd_opt(1600, 1, 1).expect("a date"),
             fight_skills: skills.iter().map(|&skill| skill.to_owned()).collect(),
+            ..created_state()
         };
         event(Uuid::new_v4(), 1, WarriorEvent::Created(state))
     }
@@ -884,6 +945,56 @@ mod tests {
         ));
     }
 
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_row_is_dated_from_its_first_event_even_when_batched_with_later_ones(pool: PgPool) {
+        let model = ReadModel::new(pool.clone());
+        let at = |seconds: i64| DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("a time");
+        let happened = |id, version, seconds, event| Applicable {
+            aggregate_id: id,
+            version,
+            occurred_at: at(seconds),
+            event,
+        };
+        let state = |name: &str| WarriorState {
+            name: name.to_owned(),
+            ..created_state()
+        };
+        let [ann, bo, cy, di] = [(); 4].map(|()| Uuid::new_v4());
+        // Ann created first and renamed after Bo and Cy were created, in the
+        // same batch; Di created and deleted in one batch.
+        let batch = [
+            happened(ann, 2, 30, WarriorEvent::Updated(state("Anne"))),
+            happened(bo, 1, 10, WarriorEvent::Created(state("Bo"))),
+            happened(di, 1, 5, WarriorEvent::Created(state("Di"))),
+            happened(cy, 1, 20, WarriorEvent::Created(state("Cy"))),
+            happened(ann, 1, 0, WarriorEvent::Created(state("Ann"))),
+            happened(di, 2, 40, WarriorEvent::Deleted),
+        ];
+        model.apply("warrior-events", &batch, &[]).await.expect("apply");
+
+        let recent: Vec<String> = model
+            .recent()
+            .await
+            .expect("recent")
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(recent, ["Cy", "Bo", "Anne"], "most recently created first");
+        for (id, first, newest) in [(ann, 0, 30), (di, 5, 40)] {
+            let times: (DateTime<Utc>, DateTime<Utc>) =
+                sqlx::query_as("SELECT created_at, updated_at FROM warriors WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("row");
+            assert_eq!(
+                times,
+                (at(first), at(newest)),
+                "created by its first event, updated by its newest"
+            );
+        }
+    }
+
     #[test]
     fn only_the_newest_event_of_each_warrior_is_kept() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -895,7 +1006,7 @@ mod tests {
         ];
         let mut kept: Vec<(Uuid, i64)> = newest_per_warrior(&batch)
             .iter()
-            .map(|e| (e.aggregate_id, e.version))
+            .map(|kept| (kept.event.aggregate_id, kept.event.version))
             .collect();
         kept.sort();
         let mut expected = vec![(a, 3), (b, 2)];

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use event_store::EventStore;
-use shared_kernel::{Warrior, WarriorAggregate, WarriorEvent};
+use shared_kernel::{WarriorAggregate, WarriorEvent};
 use uuid::Uuid;
 
-use crate::read_model::ReadModel;
+use crate::read_model::{ContentsRow, ReadModel};
 
 /// Differences between what the event store says and what the read model holds.
 #[derive(Debug, Default, PartialEq)]
@@ -17,7 +17,8 @@ pub struct Drift {
     pub missing: Vec<Uuid>,
     /// Live in the read model, unknown or deleted in the event store.
     pub extra: Vec<Uuid>,
-    /// Present in both, with another version or other data.
+    /// Present in both, with another version, other data or another
+    /// creation time.
     pub stale: Vec<Uuid>,
     /// Rows whose searchable name is missing or wrong, with no fix queued
     /// (the read model's own consistency: search would miss or misfind them).
@@ -87,31 +88,35 @@ pub async fn verify(event_store: &EventStore, read_model: &ReadModel) -> anyhow:
         unindexed: contents.unindexed,
         ..Drift::default()
     };
-    let mut seen: HashMap<Uuid, (Warrior, bool)> = contents
-        .rows
-        .into_iter()
-        .map(|(w, deleted)| (w.id, (w, deleted)))
-        .collect();
+    let created = event_store.creation_times().await?;
+    let mut seen: HashMap<Uuid, ContentsRow> = contents.rows.into_iter().map(|row| (row.warrior.id, row)).collect();
     for (id, aggregate) in &expected {
         let row = seen.remove(id);
         match (aggregate.state.as_ref(), row) {
-            (Some(_), None | Some((_, true))) => drift.missing.push(*id),
-            (Some(state), Some((warrior, false))) => {
+            (Some(_), None) => drift.missing.push(*id),
+            (Some(_), Some(row)) if row.deleted => drift.missing.push(*id),
+            (
+                Some(state),
+                Some(ContentsRow {
+                    warrior, created_at, ..
+                }),
+            ) => {
                 let same = warrior.version == aggregate.version
                     && warrior.name == state.name
                     && warrior.dob == state.dob
-                    && warrior.fight_skills == state.fight_skills;
+                    && warrior.fight_skills == state.fight_skills
+                    && created.get(id) == Some(&created_at);
                 if !same {
                     drift.stale.push(*id);
                 }
             }
-            (None, Some((_, false))) => drift.extra.push(*id),
-            (None, Some((warrior, true))) if warrior.version != aggregate.version => drift.stale.push(*id),
+            (None, Some(row)) if !row.deleted => drift.extra.push(*id),
+            (None, Some(row)) if row.warrior.version != aggregate.version => drift.stale.push(*id),
             (None, _) => {}
         }
     }
     drift
         .extra
-        .extend(seen.into_iter().filter(|(_, (_, deleted))| !deleted).map(|(id, _)| id));
+        .extend(seen.into_iter().filter(|(_, row)| !row.deleted).map(|(id, _)| id));
     Ok(drift)
 }

@@ -223,6 +223,16 @@ impl EventStore {
         Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
     }
 
+    /// When each stream's first event occurred: a warrior's creation time,
+    /// for `verify` to check the read model's against.
+    pub async fn creation_times(&self) -> Result<HashMap<Uuid, DateTime<Utc>>, EventStoreError> {
+        let rows: Vec<(Uuid, DateTime<Utc>)> =
+            sqlx::query_as("SELECT aggregate_id, occurred_at FROM events WHERE version = 1")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// Events that occurred at or after `since`, in position order.
     pub async fn read_since(&self, since: DateTime<Utc>) -> Result<Vec<StoredEvent>, EventStoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE occurred_at >= $1 ORDER BY position");

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use test_kit::{new_warrior, poll_until, Stack};
 
 #[tokio::test]
-async fn verify_is_clean_and_detects_a_corrupted_row() {
+async fn verify_is_clean_and_detects_a_corrupted_or_misdated_row() {
     let stack = Stack::from_env();
     let created = stack.create(&new_warrior()).await;
     let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("UUID");
@@ -29,6 +29,23 @@ async fn verify_is_clean_and_detects_a_corrupted_row() {
         .await
         .expect("repair the row");
     assert!(!clean, "verify must report the corrupted row");
+    assert!(report.contains(&format!("stale {id}")), "{report}");
+    assert!(stack.verify(Duration::ZERO).0, "clean again once repaired");
+
+    // A wrong creation time misplaces the warrior in the "most recently
+    // created" listing.
+    sqlx::query("UPDATE warriors SET created_at = created_at + interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&read_model)
+        .await
+        .expect("misdate a row");
+    let (clean, report) = stack.verify(Duration::ZERO);
+    sqlx::query("UPDATE warriors SET created_at = created_at - interval '1 second' WHERE id = $1")
+        .bind(id)
+        .execute(&read_model)
+        .await
+        .expect("repair the row");
+    assert!(!clean, "verify must report the misdated row");
     assert!(report.contains(&format!("stale {id}")), "{report}");
     assert!(stack.verify(Duration::ZERO).0, "clean again once repaired");
 
