@@ -346,8 +346,16 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
     let event_store = EventStore::new(pool(&config, &config.event_store_url, "query-service rebuild")?);
     let report = rebuild::rebuild(&live, live_options, &event_store, &config.kafka_topic).await?;
     println!(
-        "rebuilt from {} events ({} re-applied at the swap); {} live warriors",
-        report.replayed, report.caught_up, report.live_warriors
+        "rebuilt from {} events; caught up with {} in {} round(s) while serving and {} under the swap's lock; \
+         the swap removed {} rows and wrote {}, holding the tables {} ms; {} live warriors",
+        report.replayed,
+        report.caught_up,
+        report.rounds,
+        report.caught_up_locked,
+        report.removed,
+        report.written,
+        report.locked_for.as_millis(),
+        report.live_warriors
     );
     Ok(())
 }

@@ -14,7 +14,7 @@ mod store;
 pub use error::EventStoreError;
 pub use group_commit::{Appender, GroupCommitConfig, GroupCommitter};
 pub use outbox::OutboxLease;
-pub use store::{AppendOutcome, EventStore, NewEvent, Snapshot, StoredEvent};
+pub use store::{AppendOutcome, CatchUp, CatchUpRound, EventStore, NewEvent, Snapshot, StoredEvent};
 
 /// Migrations of the event-store database, embedded at compile time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/eventstore");

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -54,6 +55,84 @@ pub struct Snapshot {
 }
 
 /// Handle on the event-store database. Cheap to clone.
+/// Catches a reader up with the store in rounds, missing no event that
+/// committed late, e.g. a rebuild that replayed the store page by page
+/// while writes went on.
+///
+/// Positions are taken at insert and transactions commit out of order, so
+/// "after the last position read" can skip an event; an event's
+/// `occurred_at` is its transaction's start, possibly long before it
+/// commits. So each round begins with a mark: the oldest start of a
+/// transaction open in the event store then (the horizon), and the highest
+/// position visible. An event the round cannot see yet belongs to a
+/// transaction open at that mark or begun later, so it occurred at or after
+/// the horizon, and the next round reads every event that did. Those were
+/// all inserted after any earlier mark taken before that horizon, so the
+/// read starts past that mark's position instead of at the beginning.
+#[derive(Debug)]
+pub struct CatchUp {
+    marks: Vec<Mark>,
+    horizon: DateTime<Utc>,
+    slack: Duration,
+    fallback: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// Transactions begun from this time on insert past `last_position`.
+    taken_at: DateTime<Utc>,
+    /// No event invisible at the mark that may still commit occurred
+    /// before this.
+    horizon: DateTime<Utc>,
+    last_position: i64,
+}
+
+/// What one catch-up round reads: every event after `position` that
+/// occurred at or after `since`, with [`EventStore::read_page_since`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CatchUpRound {
+    pub position: i64,
+    pub since: DateTime<Utc>,
+}
+
+impl CatchUp {
+    /// Marks the store before a first full read. `slack` covers a
+    /// transaction that has started but not yet shown its start in
+    /// pg_stat_activity (microseconds, unless descheduled); `fallback`
+    /// is how far back to look when this role cannot see every session's
+    /// transaction start (another role's sessions, without
+    /// pg_read_all_stats): longer than any append stays uncommitted.
+    pub async fn begin(store: &EventStore, slack: Duration, fallback: Duration) -> Result<Self, EventStoreError> {
+        let mark = store.mark(slack, fallback).await?;
+        Ok(Self {
+            marks: vec![mark],
+            horizon: mark.horizon,
+            slack,
+            fallback,
+        })
+    }
+
+    /// Begins the next round: what it must read to have everything visible
+    /// now (and everything earlier rounds could not see).
+    pub async fn next_round(&mut self, store: &EventStore) -> Result<CatchUpRound, EventStoreError> {
+        let mark = store.mark(self.slack, self.fallback).await?;
+        let position = self
+            .marks
+            .iter()
+            .filter(|earlier| earlier.taken_at <= self.horizon)
+            .map(|earlier| earlier.last_position)
+            .max()
+            .unwrap_or(0);
+        let round = CatchUpRound {
+            position,
+            since: self.horizon,
+        };
+        self.horizon = mark.horizon;
+        self.marks.push(mark);
+        Ok(round)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
@@ -233,20 +312,57 @@ impl EventStore {
         Ok(rows.into_iter().collect())
     }
 
-    /// Events that occurred at or after `since`, in position order.
-    pub async fn read_since(&self, since: DateTime<Utc>) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE occurred_at >= $1 ORDER BY position");
-        Ok(sqlx::query_as(&sql).bind(since).fetch_all(&self.pool).await?)
+    /// A [`CatchUp`] mark, as of now.
+    async fn mark(&self, slack: Duration, fallback: Duration) -> Result<Mark, EventStoreError> {
+        // taken_at is read after last_position: a transaction begun at or
+        // after it takes its positions after that read.
+        let (taken_at, horizon, last_position) = sqlx::query_as(
+            "WITH seen AS MATERIALIZED (
+                 SELECT now() AS started, bool_and(state IS NOT NULL) AS all_shown,
+                        least(now(), min(xact_start)) AS oldest,
+                        (SELECT coalesce(max(position), 0) FROM events) AS last_position
+                 FROM pg_stat_activity
+                 WHERE datname = current_database() AND backend_type = 'client backend'
+             )
+             SELECT clock_timestamp(),
+                    CASE WHEN all_shown THEN oldest - make_interval(secs => $1)
+                         ELSE started - make_interval(secs => $2) END,
+                    last_position
+             FROM seen",
+        )
+        .bind(slack.as_secs_f64())
+        .bind(fallback.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Mark {
+            taken_at,
+            horizon,
+            last_position,
+        })
     }
 
-    /// The database's clock, so time windows do not depend on this host's.
-    pub async fn now(&self) -> Result<DateTime<Utc>, EventStoreError> {
-        Ok(sqlx::query_scalar("SELECT now()").fetch_one(&self.pool).await?)
+    /// Up to `limit` events after `position` that occurred at or after
+    /// `since`, in position order: a page of a [`CatchUp`] round.
+    pub async fn read_page_since(
+        &self,
+        position: i64,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, EventStoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND occurred_at >= $2 ORDER BY position LIMIT $3"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(position)
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Events at or after `position`, in position order. Only safe as a full
-    /// replay source once writers have stopped (e.g. a rebuild run against a
-    /// quiet store or followed by catching up from Kafka).
+    /// replay source once writers have stopped, or followed by a
+    /// [`CatchUp`] begun before it.
     pub async fn read_all_from(&self, position: i64, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
         Ok(sqlx::query_as(&sql)

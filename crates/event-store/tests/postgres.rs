@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use event_store::{AppendOutcome, EventStore, GroupCommitConfig, GroupCommitter, NewEvent};
+use event_store::{AppendOutcome, CatchUp, EventStore, GroupCommitConfig, GroupCommitter, NewEvent};
 use futures::future::join_all;
 use serde_json::json;
 use sqlx::PgPool;
@@ -374,5 +375,60 @@ async fn two_writers_appending_the_same_keys_in_opposite_orders_do_not_deadlock(
     assert_eq!(
         wins, 4,
         "p, q, and one append each of x and y commit; the others conflict"
+    );
+}
+
+/// The aggregates of every event one catch-up round reads.
+async fn read_round(store: &EventStore, catch_up: &mut CatchUp) -> Vec<Uuid> {
+    let round = catch_up.next_round(store).await.expect("a mark");
+    let page = store
+        .read_page_since(round.position, round.since, 100)
+        .await
+        .expect("a page");
+    page.into_iter().map(|e| e.aggregate_id).collect()
+}
+
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_catch_up_reads_an_event_that_commits_after_higher_positions_were_read(pool: PgPool) {
+    let store = EventStore::new(pool.clone());
+    let (late, early) = (Uuid::new_v4(), Uuid::new_v4());
+    // A transaction takes a position and stays open while a later one commits.
+    let mut open = pool.begin().await.expect("begin");
+    let late_position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data)
+         VALUES ($1, $2, 1, 'WarriorUpdated', 1, '{}') RETURNING position",
+    )
+    .bind(Uuid::new_v4())
+    .bind(late)
+    .fetch_one(&mut *open)
+    .await
+    .expect("insert");
+    let outcomes = store.append_batch(&[event(early, 1)]).await.expect("append");
+    let AppendOutcome::Committed {
+        position: early_position,
+        ..
+    } = outcomes[0]
+    else {
+        panic!("the append commits");
+    };
+    assert!(
+        late_position < early_position,
+        "the trap: the open one holds the lower position"
+    );
+
+    // No slack: the open transaction alone must hold the horizon back.
+    let mut catch_up = CatchUp::begin(&store, Duration::ZERO, Duration::from_secs(60))
+        .await
+        .expect("a mark");
+    let replayed = store.read_all_from(0, 100).await.expect("replay");
+    assert_eq!(replayed.iter().map(|e| e.aggregate_id).collect::<Vec<_>>(), [early]);
+    assert!(
+        !read_round(&store, &mut catch_up).await.contains(&late),
+        "still uncommitted"
+    );
+    open.commit().await.expect("commit");
+    assert!(
+        read_round(&store, &mut catch_up).await.contains(&late),
+        "the next round reads the late commit, below positions already read"
     );
 }
