@@ -20,7 +20,8 @@
 
 use std::time::{Duration, Instant};
 
-use event_store::{CatchUp, EventStore, StoredEvent};
+use chrono::DateTime;
+use event_store::{CatchUp, CatchUpRound, EventStore, StoredEvent};
 use shared_kernel::WarriorEvent;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres};
@@ -103,25 +104,25 @@ async fn replay_and_swap(
     let target = ReadModel::new(target_pool);
 
     let mut catch_up = CatchUp::begin(event_store, REPORTING_SLACK, LATE_COMMIT_MARGIN).await?;
-    let mut replayed = 0;
-    let mut position = 0;
-    loop {
-        let page = event_store.read_all_from(position, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        position = last.position + 1;
-        replayed += page.len();
-        target.apply(topic, &applicable(&page)?, &[]).await?;
-    }
+    let everything = CatchUpRound {
+        position: 0,
+        since: DateTime::UNIX_EPOCH,
+    };
+    let replayed = apply_round(event_store, everything, &target, topic).await?;
 
     let (mut caught_up, mut rounds) = (0, 0);
     while rounds < MAX_ROUNDS {
-        let applied = catch_up_round(event_store, &mut catch_up, &target, topic).await?;
+        let applied = apply_round(event_store, catch_up.next_round(event_store).await?, &target, topic).await?;
         caught_up += applied;
         rounds += 1;
         if applied <= SMALL_ROUND {
             break;
         }
     }
+    // Statistics for the comparison of the tables under the lock (a merge
+    // join instead of a hash join: ~20% less time).
+    sqlx::query("ANALYZE rebuild.warriors").execute(live).await?;
+    let columns = compared_columns(live).await?;
 
     let mut swap = live.begin().await?;
     // Never queue behind (or ahead of) the projector for long: give up instead.
@@ -132,8 +133,9 @@ async fn replay_and_swap(
         .execute(&mut *swap)
         .await?;
     let locked = Instant::now();
-    let caught_up_locked = catch_up_round(event_store, &mut catch_up, &target, topic).await?;
-    let (removed, written) = copy_over(&mut swap).await?;
+    let last_round = catch_up.next_round(event_store).await?;
+    let caught_up_locked = apply_round(event_store, last_round, &target, topic).await?;
+    let (removed, written) = copy_over(&mut swap, &columns).await?;
     let live_warriors = sqlx::query_scalar("SELECT live FROM public.warrior_count")
         .fetch_one(&mut *swap)
         .await?;
@@ -152,15 +154,14 @@ async fn replay_and_swap(
     })
 }
 
-/// Applies to `target` every event the next round of `catch_up` must read;
-/// returns how many that was.
-async fn catch_up_round(
+/// Applies to `target` every event `round` covers, page by page; returns
+/// how many that was.
+async fn apply_round(
     event_store: &EventStore,
-    catch_up: &mut CatchUp,
+    round: CatchUpRound,
     target: &ReadModel,
     topic: &str,
 ) -> anyhow::Result<usize> {
-    let round = catch_up.next_round(event_store).await?;
     let mut position = round.position;
     let mut applied = 0;
     loop {
@@ -173,18 +174,23 @@ async fn catch_up_round(
     Ok(applied)
 }
 
-/// Makes the live rows equal to the rebuilt ones, writing only those that
-/// differ (every column but `projected_at`, when the row was written):
-/// removes the live rows without an equal rebuilt row, then inserts the
-/// rebuilt rows without a live one. Returns (removed, written).
-async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>) -> anyhow::Result<(u64, u64)> {
-    let columns: Vec<String> = sqlx::query_scalar(
+/// The columns of `warriors` that [`copy_over`] compares: all but
+/// `projected_at` (when the row was written), quoted.
+async fn compared_columns(live: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
         "SELECT quote_ident(column_name) FROM information_schema.columns
          WHERE table_schema = 'public' AND table_name = 'warriors' AND column_name <> 'projected_at'
          ORDER BY ordinal_position",
     )
-    .fetch_all(&mut **swap)
-    .await?;
+    .fetch_all(live)
+    .await
+}
+
+/// Makes the live rows equal to the rebuilt ones, writing only those that
+/// differ in `columns` ([`compared_columns`]):
+/// removes the live rows without an equal rebuilt row, then inserts the
+/// rebuilt rows without a live one. Returns (removed, written).
+async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>, columns: &[String]) -> anyhow::Result<(u64, u64)> {
     let of = |table: &str| {
         let qualified: Vec<String> = columns.iter().map(|c| format!("{table}.{c}")).collect();
         format!("ROW({})", qualified.join(", "))

@@ -342,7 +342,9 @@ impl EventStore {
     }
 
     /// Up to `limit` events after `position` that occurred at or after
-    /// `since`, in position order: a page of a [`CatchUp`] round.
+    /// `since`, in position order: a page of a [`CatchUp`] round, or (since
+    /// the epoch) of a full replay, which must then be followed by the
+    /// rounds of a [`CatchUp`] begun before it.
     pub async fn read_page_since(
         &self,
         position: i64,
@@ -355,18 +357,6 @@ impl EventStore {
         Ok(sqlx::query_as(&sql)
             .bind(position)
             .bind(since)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    /// Events at or after `position`, in position order. Only safe as a full
-    /// replay source once writers have stopped, or followed by a
-    /// [`CatchUp`] begun before it.
-    pub async fn read_all_from(&self, position: i64, limit: i64) -> Result<Vec<StoredEvent>, EventStoreError> {
-        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= $1 ORDER BY position LIMIT $2");
-        Ok(sqlx::query_as(&sql)
-            .bind(position)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?)
