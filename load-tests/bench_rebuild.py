@@ -4,11 +4,12 @@
 A rebuild replays the event store into fresh tables while the service
 serves, then locks the live tables against the projector to swap the rows
 in. Creates paced at about --rate per second run through the whole rebuild
-(and --margin seconds either side) while the read model's live count is
-sampled every 50 ms: the longest time it stood still is the projection's
-longest stall. (Not the rows' projected_at: a rebuild writes its own, and
-before 763a8cc it rewrote every row's.) Each run prints the rebuild's own
-report.
+(and --margin seconds either side) while the projector's offsets stored in
+the read model are sampled every 50 ms: the longest time they stood still
+is the projector's longest stall. (Not the rows' projected_at: a rebuild
+writes its own, and before 763a8cc it rewrote every row's. Nor the live
+count: after a swap the projector re-applies, changing nothing, the events
+the rebuild already applied.) Each run prints the rebuild's own report.
 
 With --binaries A,B the runs alternate between rebuild binaries (e.g. a
 build before a change and after it), each serving stack left as it is.
@@ -18,6 +19,7 @@ build before a change and after it), each serving stack left as it is.
 
 import argparse
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -27,27 +29,32 @@ import benchlib
 from benchlib import psql
 
 
-def watch_count(env):
-    """A psql sampling (database clock, live count) every 50 ms until stopped."""
+def watch_offsets(env):
+    """A psql sampling (database clock, the projector's stored offsets) every
+    50 ms until stopped."""
     watcher = subprocess.Popen(
         ["psql", env["READ_MODEL_URL"], "-X", "-At"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
-    watcher.stdin.write("SELECT extract(epoch FROM clock_timestamp()), live FROM warrior_count\n\\watch 0.05\n")
-    watcher.stdin.flush()
+    watcher.stdin.write(
+        "SELECT extract(epoch FROM clock_timestamp()), sum(next_offset) FROM projection_offsets\n\\watch 0.05\n"
+    )
+    # Read once \watch is interrupted: then psql exits, flushing its output.
+    watcher.stdin.close()
     return watcher
 
 
 def longest_stall(watcher, start, end):
     """Seconds of the longest stretch within [start, end] (epoch seconds)
-    over which the sampled count did not change."""
-    watcher.terminate()
-    out, _ = watcher.communicate()
+    over which the sampled offsets did not change."""
+    watcher.send_signal(signal.SIGINT)
+    out = watcher.stdout.read()
+    watcher.wait()
     samples = [tuple(map(float, line.split("|"))) for line in out.splitlines() if line.count("|") == 1]
     longest, since, last = 0.0, None, None
-    for at, count in samples:
-        if count != last:
-            since, last = at, count
+    for at, value in samples:
+        if value != last:
+            since, last = at, value
         elif start <= at <= end:
             longest = max(longest, at - max(since, start))
     return longest
@@ -99,7 +106,7 @@ def main():
             delay_ms = max(1, round(connections * 1000 / args.rate) - 1)
             with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
                 script.write(benchlib.random_create_lua(marker + " ", f"\nfunction delay() return {delay_ms} end\n"))
-            watcher = watch_count(env)
+            watcher = watch_offsets(env)
             # The writes outlast any rebuild here; they are stopped once it is done.
             writes = subprocess.Popen(
                 ["wrk", "-t1", f"-c{connections}", "-d600s", "-s", script.name, env["COMMAND_URL"] + "/warrior"],
@@ -117,15 +124,15 @@ def main():
             row = (binary, ended - started, written, count, stall, report)
             rows.append(row)
             print(f"run {run + 1} {binary}: rebuild {ended - started:.1f} s; {count}/{written} creates projected; "
-                  f"longest projection stall {stall * 1000:.0f} ms\n  {report}", flush=True)
+                  f"longest projector stall {stall * 1000:.0f} ms\n  {report}", flush=True)
     lines = [
         f"`load-tests/bench_rebuild.py --runs {args.runs} --rate {args.rate}`: creates paced at about "
         f"{args.rate}/s straight at command-service from {args.margin} s before each `query-service rebuild` "
-        f"to {args.margin} s after it; the read model's live count sampled every 50 ms: its longest stretch "
-        "unchanged from the rebuild's start to the writes' end is the projection's longest stall. "
+        f"to {args.margin} s after it; the projector's offsets stored in the read model sampled every 50 ms: "
+        "their longest stretch unchanged from the rebuild's start to the writes' end is the projector's longest stall. "
         f"{warriors} live warriors before the first run.",
         "",
-        "| rebuild binary | rebuild s | creates projected | longest projection stall ms |",
+        "| rebuild binary | rebuild s | creates projected | longest projector stall ms |",
         "|---|---|---|---|",
     ]
     for binary, took, written, count, stall, _ in rows:

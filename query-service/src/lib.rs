@@ -357,6 +357,13 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
         report.locked_for.as_millis(),
         report.live_warriors
     );
+    if report.fixed_look_backs > 0 {
+        println!(
+            "{} round(s) looked back a fixed minute: this event-store role cannot see every session's \
+             transaction in pg_stat_activity (grant it pg_read_all_stats)",
+            report.fixed_look_backs
+        );
+    }
     Ok(())
 }
 

@@ -518,6 +518,28 @@ impl ReadModel {
         Ok(rows.into_iter().collect())
     }
 
+    /// Dates the rows of the warriors `events` create from those creates
+    /// where they are dated later: for a replay that met a warrior's later
+    /// events before its create (read by position, committed out of
+    /// order). The projector reads each warrior's events in order.
+    pub async fn backdate_creations(&self, events: &[Applicable]) -> Result<(), sqlx::Error> {
+        let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = events
+            .iter()
+            .filter(|e| matches!(e.event, WarriorEvent::Created(_)))
+            .map(|e| (e.aggregate_id, e.occurred_at))
+            .unzip();
+        sqlx::query(
+            "UPDATE warriors w SET created_at = t.at
+             FROM UNNEST($1::uuid[], $2::timestamptz[]) AS t(id, at)
+             WHERE w.id = t.id AND w.created_at > t.at",
+        )
+        .bind(&ids)
+        .bind(&times)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Applies a batch atomically together with the offsets it reaches, so
     /// a crash leaves either all of it or none. Events older than (or equal
     /// to) a row's version are ignored: replays change nothing. The
@@ -723,7 +745,8 @@ struct Newest<'a> {
     first_version: i64,
 }
 
-/// The newest event of each warrior in a batch.
+/// The newest event of each warrior in a batch, with when its oldest one
+/// occurred.
 fn newest_per_warrior(events: &[Applicable]) -> Vec<Newest<'_>> {
     let mut newest: HashMap<Uuid, Newest> = HashMap::with_capacity(events.len());
     for e in events {
@@ -993,6 +1016,37 @@ mod tests {
                 "created by its first event, updated by its newest"
             );
         }
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_create_met_after_a_later_event_backdates_the_row(pool: PgPool) {
+        let model = ReadModel::new(pool.clone());
+        let at = |seconds: i64| DateTime::from_timestamp(1_700_000_000 + seconds, 0).expect("a time");
+        let id = Uuid::new_v4();
+        let renamed = Applicable {
+            aggregate_id: id,
+            version: 2,
+            occurred_at: at(30),
+            event: WarriorEvent::Updated(created_state()),
+        };
+        let create = Applicable {
+            version: 1,
+            occurred_at: at(0),
+            event: WarriorEvent::Created(created_state()),
+            ..renamed.clone()
+        };
+        model.apply("warrior-events", &[renamed], &[]).await.expect("apply");
+        // The version guard ignores the late create; only backdating dates
+        // the row from it.
+        let late = [create];
+        model.apply("warrior-events", &late, &[]).await.expect("apply");
+        model.backdate_creations(&late).await.expect("backdate");
+        let created_at: DateTime<Utc> = sqlx::query_scalar("SELECT created_at FROM warriors WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        assert_eq!(created_at, at(0));
     }
 
     #[test]

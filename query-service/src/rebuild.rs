@@ -28,11 +28,13 @@ use sqlx::{PgPool, Postgres};
 
 use crate::read_model::{Applicable, ReadModel};
 
-/// Events read per replay round.
+/// Events read per page.
 const PAGE: i64 = 5_000;
 /// Catch-up rounds run while serving until one re-applies at most this many
-/// events (or [`MAX_ROUNDS`] ran); the last one runs under the lock.
-const SMALL_ROUND: usize = 2_000;
+/// events, or no fewer than the round before (a transaction left open in
+/// the event store holds every round's look-back), or [`MAX_ROUNDS`] ran;
+/// the last one runs under the lock.
+const SMALL_ROUND: usize = 1_000;
 const MAX_ROUNDS: usize = 8;
 /// How much earlier than the oldest open event-store transaction a round
 /// looks: a transaction shows its start a moment after taking it.
@@ -49,11 +51,14 @@ pub struct RebuildReport {
     /// many rounds that took.
     pub caught_up: usize,
     pub rounds: usize,
+    /// Rounds (the last one included) that looked back a fixed minute:
+    /// this role could not see every event-store session's transaction.
+    pub fixed_look_backs: usize,
     /// Events re-applied under the lock.
     pub caught_up_locked: usize,
     /// Live rows removed (no rebuilt row the same) and rebuilt rows written.
-    pub removed: u64,
-    pub written: u64,
+    pub removed: usize,
+    pub written: usize,
     /// How long the live tables were locked against the projector.
     pub locked_for: Duration,
     pub live_warriors: i64,
@@ -107,17 +112,22 @@ async fn replay_and_swap(
     let everything = CatchUpRound {
         position: 0,
         since: DateTime::UNIX_EPOCH,
+        fixed_look_back: false,
     };
     let replayed = apply_round(event_store, everything, &target, topic).await?;
 
-    let (mut caught_up, mut rounds) = (0, 0);
-    while rounds < MAX_ROUNDS {
-        let applied = apply_round(event_store, catch_up.next_round(event_store).await?, &target, topic).await?;
+    let (mut caught_up, mut rounds, mut fixed_look_backs) = (0, 0, 0);
+    let mut previous = usize::MAX;
+    for _ in 0..MAX_ROUNDS {
+        let round = catch_up.next_round(event_store).await?;
+        fixed_look_backs += usize::from(round.fixed_look_back);
+        let applied = apply_round(event_store, round, &target, topic).await?;
         caught_up += applied;
         rounds += 1;
-        if applied <= SMALL_ROUND {
+        if applied <= SMALL_ROUND || applied >= previous {
             break;
         }
+        previous = applied;
     }
     // Statistics for the comparison of the tables under the lock (a merge
     // join instead of a hash join: ~20% less time).
@@ -134,6 +144,7 @@ async fn replay_and_swap(
         .await?;
     let locked = Instant::now();
     let last_round = catch_up.next_round(event_store).await?;
+    fixed_look_backs += usize::from(last_round.fixed_look_back);
     let caught_up_locked = apply_round(event_store, last_round, &target, topic).await?;
     let (removed, written) = copy_over(&mut swap, &columns).await?;
     let live_warriors = sqlx::query_scalar("SELECT live FROM public.warrior_count")
@@ -141,11 +152,13 @@ async fn replay_and_swap(
         .await?;
     swap.commit().await?;
     let locked_for = locked.elapsed();
+    repair_search_index(live).await?;
     sqlx::raw_sql("DROP SCHEMA rebuild CASCADE").execute(live).await?;
     Ok(RebuildReport {
         replayed,
         caught_up,
         rounds,
+        fixed_look_backs,
         caught_up_locked,
         removed,
         written,
@@ -155,7 +168,10 @@ async fn replay_and_swap(
 }
 
 /// Applies to `target` every event `round` covers, page by page; returns
-/// how many that was.
+/// how many that was. Pages go by position, and transactions commit out of
+/// order: a warrior's create can come after its later events, which the
+/// rows' version guard then ignores, so each page also backdates the rows
+/// it creates.
 async fn apply_round(
     event_store: &EventStore,
     round: CatchUpRound,
@@ -169,7 +185,9 @@ async fn apply_round(
         let Some(last) = page.last() else { break };
         position = last.position;
         applied += page.len();
-        target.apply(topic, &applicable(&page)?, &[]).await?;
+        let events = applicable(&page)?;
+        target.apply(topic, &events, &[]).await?;
+        target.backdate_creations(&events).await?;
     }
     Ok(applied)
 }
@@ -190,7 +208,7 @@ async fn compared_columns(live: &PgPool) -> sqlx::Result<Vec<String>> {
 /// differ in `columns` ([`compared_columns`]):
 /// removes the live rows without an equal rebuilt row, then inserts the
 /// rebuilt rows without a live one. Returns (removed, written).
-async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>, columns: &[String]) -> anyhow::Result<(u64, u64)> {
+async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>, columns: &[String]) -> anyhow::Result<(usize, usize)> {
     let of = |table: &str| {
         let qualified: Vec<String> = columns.iter().map(|c| format!("{table}.{c}")).collect();
         format!("ROW({})", qualified.join(", "))
@@ -216,7 +234,9 @@ async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>, columns: &[String
         .await?;
     // Names of warriors gone from the rebuilt rows leave the search index
     // now; the written ones are queued for the indexer, so search is never
-    // held up by the swap's lock.
+    // held up by the swap's lock. The queue row is locked even where it
+    // exists (as the projector does, see APPLY_BATCH): an indexer round
+    // that took it meanwhile would index the name it read before the swap.
     sqlx::query(
         "DELETE FROM public.warrior_names n
          WHERE n.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
@@ -224,11 +244,39 @@ async fn copy_over(swap: &mut sqlx::Transaction<'_, Postgres>, columns: &[String
     .bind(&removed)
     .execute(&mut **swap)
     .await?;
-    sqlx::query("INSERT INTO public.search_queue SELECT unnest($1::uuid[]) ON CONFLICT DO NOTHING")
-        .bind(&written)
-        .execute(&mut **swap)
-        .await?;
-    Ok((removed.len() as u64, written.len() as u64))
+    sqlx::query(
+        "INSERT INTO public.search_queue SELECT unnest($1::uuid[])
+         ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id WHERE false",
+    )
+    .bind(&written)
+    .execute(&mut **swap)
+    .await?;
+    Ok((removed.len(), written.len()))
+}
+
+/// Repairs the search index against the swapped rows, once the lock is
+/// released: removes the names of warriors no longer live and queues the
+/// warriors whose indexed name differs from their row's, including names
+/// the index lost before the rebuild (verify's "unindexed"). An indexer
+/// round that read a name from before the swap either committed before
+/// this reads the names (its name differs: queued again) or is still
+/// deleting the queue row, which this insert then waits for.
+async fn repair_search_index(live: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM public.warrior_names n
+         WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
+    )
+    .execute(live)
+    .await?;
+    sqlx::query(
+        "INSERT INTO public.search_queue
+         SELECT w.id FROM public.warriors w LEFT JOIN public.warrior_names n USING (id)
+         WHERE NOT w.deleted AND n.search_text IS DISTINCT FROM w.search_text
+         ON CONFLICT DO NOTHING",
+    )
+    .execute(live)
+    .await?;
+    Ok(())
 }
 
 fn applicable(events: &[StoredEvent]) -> anyhow::Result<Vec<Applicable>> {

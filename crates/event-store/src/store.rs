@@ -54,7 +54,6 @@ pub struct Snapshot {
     pub state: Value,
 }
 
-/// Handle on the event-store database. Cheap to clone.
 /// Catches a reader up with the store in rounds, missing no event that
 /// committed late, e.g. a rebuild that replayed the store page by page
 /// while writes went on.
@@ -72,7 +71,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct CatchUp {
     marks: Vec<Mark>,
+    /// The last mark's horizon, and whether it is a fixed look-back.
     horizon: DateTime<Utc>,
+    fixed: bool,
     slack: Duration,
     fallback: Duration,
 }
@@ -85,6 +86,9 @@ struct Mark {
     /// before this.
     horizon: DateTime<Utc>,
     last_position: i64,
+    /// The horizon is `fallback` ago: some session's transaction start
+    /// was hidden from this role.
+    fixed: bool,
 }
 
 /// What one catch-up round reads: every event after `position` that
@@ -93,6 +97,10 @@ struct Mark {
 pub struct CatchUpRound {
     pub position: i64,
     pub since: DateTime<Utc>,
+    /// `since` is a fixed look-back, not the oldest open transaction's
+    /// start: some session was hidden from this role (see
+    /// [`CatchUp::begin`]).
+    pub fixed_look_back: bool,
 }
 
 impl CatchUp {
@@ -107,6 +115,7 @@ impl CatchUp {
         Ok(Self {
             marks: vec![mark],
             horizon: mark.horizon,
+            fixed: mark.fixed,
             slack,
             fallback,
         })
@@ -126,13 +135,16 @@ impl CatchUp {
         let round = CatchUpRound {
             position,
             since: self.horizon,
+            fixed_look_back: self.fixed,
         };
         self.horizon = mark.horizon;
+        self.fixed = mark.fixed;
         self.marks.push(mark);
         Ok(round)
     }
 }
 
+/// Handle on the event-store database. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct EventStore {
     pool: PgPool,
@@ -314,11 +326,14 @@ impl EventStore {
 
     /// A [`CatchUp`] mark, as of now.
     async fn mark(&self, slack: Duration, fallback: Duration) -> Result<Mark, EventStoreError> {
-        // taken_at is read after last_position: a transaction begun at or
-        // after it takes its positions after that read.
-        let (taken_at, horizon, last_position) = sqlx::query_as(
+        // The statement's snapshot, which max(position) reads, is taken
+        // before clock_timestamp() runs: a transaction begun at or after
+        // taken_at takes its positions after that snapshot. Sessions with
+        // track_activities off show state 'disabled' and no xact_start.
+        let (taken_at, horizon, last_position, all_shown): (_, _, _, bool) = sqlx::query_as(
             "WITH seen AS MATERIALIZED (
-                 SELECT now() AS started, bool_and(state IS NOT NULL) AS all_shown,
+                 SELECT now() AS started,
+                        coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false) AS all_shown,
                         least(now(), min(xact_start)) AS oldest,
                         (SELECT coalesce(max(position), 0) FROM events) AS last_position
                  FROM pg_stat_activity
@@ -327,7 +342,7 @@ impl EventStore {
              SELECT clock_timestamp(),
                     CASE WHEN all_shown THEN oldest - make_interval(secs => $1)
                          ELSE started - make_interval(secs => $2) END,
-                    last_position
+                    last_position, all_shown
              FROM seen",
         )
         .bind(slack.as_secs_f64())
@@ -338,6 +353,7 @@ impl EventStore {
             taken_at,
             horizon,
             last_position,
+            fixed: !all_shown,
         })
     }
 

@@ -31,15 +31,12 @@ async fn reproduces_the_projection_and_repairs_corruption() {
     let read_model = PgPool::connect(&stack.read_model_url).await.expect("read model");
     let created = stack.create(&new_warrior()).await;
     let id: uuid::Uuid = created["id"].as_str().expect("id").parse().expect("UUID");
+    let unindexed = stack.create(&new_warrior()).await;
     let (clean, report) = stack.verify(Duration::from_secs(10));
     assert!(clean, "{report}");
     let projected = fingerprint(&read_model).await;
-
-    sqlx::query("UPDATE warriors SET fight_skills = '{Corrupted}' WHERE id = $1")
-        .bind(id)
-        .execute(&read_model)
-        .await
-        .expect("corrupt a row");
+    // A first rebuild leaves the rows as a rebuild writes them (rows an
+    // older build projected may differ where verify does not look).
     let (ok, report) = stack.rebuild();
     assert!(ok, "{report}");
     assert_eq!(
@@ -47,7 +44,42 @@ async fn reproduces_the_projection_and_repairs_corruption() {
         projected,
         "rebuilt rows equal the live projection's"
     );
-    // The swap writes only rows that differ: on a settled stack, none.
+
+    sqlx::query("UPDATE warriors SET fight_skills = '{Corrupted}' WHERE id = $1")
+        .bind(id)
+        .execute(&read_model)
+        .await
+        .expect("corrupt a row");
+    // And the search index lost another warrior's name (its row is fine).
+    let name = unindexed["name"].as_str().expect("name").to_owned();
+    poll_until(Duration::from_secs(10), "the name to be indexed", || async {
+        let hits: Vec<serde_json::Value> = stack.search(&name).await.json().await.ok()?;
+        hits.contains(&unindexed).then_some(())
+    })
+    .await;
+    sqlx::query("DELETE FROM warrior_names WHERE id = $1::uuid")
+        .bind(unindexed["id"].as_str().expect("id"))
+        .execute(&read_model)
+        .await
+        .expect("lose the name");
+    let (ok, report) = stack.rebuild();
+    assert!(ok, "{report}");
+    assert_eq!(
+        fingerprint(&read_model).await,
+        projected,
+        "the corrupted row is repaired"
+    );
+    assert!(
+        report.contains("the swap removed 1 rows and wrote 1,"),
+        "only the corrupted row is rewritten:\n{report}"
+    );
+    poll_until(Duration::from_secs(10), "the lost name to be indexed again", || async {
+        let hits: Vec<serde_json::Value> = stack.search(&name).await.json().await.ok()?;
+        hits.contains(&unindexed).then_some(())
+    })
+    .await;
+
+    // On a settled stack there is nothing to write.
     let (ok, report) = stack.rebuild();
     assert!(ok, "{report}");
     assert!(report.contains("the swap removed 0 rows and wrote 0,"), "{report}");
