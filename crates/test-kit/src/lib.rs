@@ -83,6 +83,17 @@ impl Stack {
             .expect("gateway reachable")
     }
 
+    /// Waits (10 s at most) until searching `term` finds `warrior` (a
+    /// body as returned by create): search trails the projection by the
+    /// indexer's refresh.
+    pub async fn until_found_by(&self, term: &str, warrior: &Value, what: &str) {
+        poll_until(Duration::from_secs(10), what, || async {
+            let hits: Vec<Value> = self.search(term).await.json().await.ok()?;
+            hits.contains(warrior).then_some(())
+        })
+        .await;
+    }
+
     /// Creates a warrior through the gateway and returns its body.
     pub async fn create(&self, body: &Value) -> Value {
         let response = self.post_json("/warrior", body).await;

@@ -52,11 +52,7 @@ async fn reproduces_the_projection_and_repairs_corruption() {
         .expect("corrupt a row");
     // And the search index lost another warrior's name (its row is fine).
     let name = unindexed["name"].as_str().expect("name").to_owned();
-    poll_until(Duration::from_secs(10), "the name to be indexed", || async {
-        let hits: Vec<serde_json::Value> = stack.search(&name).await.json().await.ok()?;
-        hits.contains(&unindexed).then_some(())
-    })
-    .await;
+    stack.until_found_by(&name, &unindexed, "the name to be indexed").await;
     sqlx::query("DELETE FROM warrior_names WHERE id = $1::uuid")
         .bind(unindexed["id"].as_str().expect("id"))
         .execute(&read_model)
@@ -73,11 +69,9 @@ async fn reproduces_the_projection_and_repairs_corruption() {
         report.contains("the swap removed 1 rows and wrote 1,"),
         "only the corrupted row is rewritten:\n{report}"
     );
-    poll_until(Duration::from_secs(10), "the lost name to be indexed again", || async {
-        let hits: Vec<serde_json::Value> = stack.search(&name).await.json().await.ok()?;
-        hits.contains(&unindexed).then_some(())
-    })
-    .await;
+    stack
+        .until_found_by(&name, &unindexed, "the lost name to be indexed again")
+        .await;
 
     // On a settled stack there is nothing to write.
     let (ok, report) = stack.rebuild();

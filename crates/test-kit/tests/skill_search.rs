@@ -75,14 +75,8 @@ async fn a_skill_beyond_ascii_is_found_by_its_exact_spelling() {
         .create(&json!({"name": "Sigma", "dob": "1600-01-01", "fight_skills": skills}))
         .await;
     for skill in &skills {
-        poll_until(
-            Duration::from_secs(10),
-            "the holder found by the skill as spelt",
-            || async {
-                let hits: Vec<Value> = stack.search(skill).await.json().await.ok()?;
-                hits.contains(&created).then_some(())
-            },
-        )
-        .await;
+        stack
+            .until_found_by(skill, &created, "the holder found by the skill as spelt")
+            .await;
     }
 }
