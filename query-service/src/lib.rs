@@ -357,6 +357,9 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
         report.locked_for.as_millis(),
         report.live_warriors
     );
+    if let Some(rows) = report.compared_locked {
+        println!("the swap compared {rows} rows under the lock: those differing or written since a comparison made while serving");
+    }
     if report.fixed_look_backs > 0 {
         println!(
             "{} round(s) looked back a fixed minute: this event-store role cannot see every session's \
