@@ -82,7 +82,7 @@ def rebuild(env, binary):
     )
     if out.returncode != 0:
         raise RuntimeError(f"rebuild failed:\n{out.stdout}{out.stderr}")
-    return started, time.time(), out.stdout.strip()
+    return started, time.time(), " ".join(out.stdout.split())
 
 
 def main():

@@ -357,8 +357,20 @@ pub async fn run_rebuild(config: Config) -> anyhow::Result<()> {
         report.locked_for.as_millis(),
         report.live_warriors
     );
-    if let Some(rows) = report.compared_locked {
-        println!("the swap compared {rows} rows under the lock: those differing or written since a comparison made while serving");
+    match report.compared_locked {
+        Some(rows) => println!(
+            "the swap compared {rows} rows under the lock: those differing or written since a comparison made while serving"
+        ),
+        None => println!(
+            "the swap compared every row under the lock: this read-model role cannot see every session in \
+             pg_stat_activity (grant it pg_read_all_stats), or a transaction there was open for over a minute"
+        ),
+    }
+    if let Some(error) = &report.search_repair_failed {
+        println!(
+            "repairing the search index after the swap failed ({error}); the swap is done: \
+             `query-service verify` lists any name left unindexed, and another rebuild repairs it"
+        );
     }
     if report.fixed_look_backs > 0 {
         println!(

@@ -1,12 +1,14 @@
 //! `query-service rebuild`: replays the event store into fresh tables and
 //! swaps their content into the live read model while the service serves.
 //!
-//! Applying an event is idempotent and order-independent (each row keeps
-//! the newest version it saw), which makes this simple:
+//! Applying an event is idempotent and, but for a row's creation time
+//! (see `apply_round`), order-independent: each row keeps the newest
+//! version it saw. That makes this simple:
 //! 1. replay every event, page by page, into schema `rebuild`;
 //! 2. catch up with the events that committed meanwhile, in rounds, while
 //!    the projector goes on (an [`event_store::CatchUp`] misses none that
-//!    committed late), until a round finds little to do;
+//!    committed late), until a round finds little to do or stops
+//!    shrinking;
 //! 3. compare the rebuilt rows with the live ones, still while serving;
 //! 4. lock the live tables against writers (readers go on, seeing the old
 //!    rows), run a last round, and write over the live rows those that
@@ -16,10 +18,13 @@
 //!
 //! The projector's writes wait for the lock and then apply on top of the
 //! rebuilt rows, so nothing that happened during the rebuild is lost. The
-//! lock is held for one short round and a comparison of a few rows (plus a
-//! scan of `projected_at`): ~0.1-0.2 s at ~400k warriors. Rewriting every
-//! row under it, after a fixed minute's look-back for late commits, held
-//! the projector up ~6 s under writes at ~300k warriors.
+//! lock is held for one short round, a scan of the live rows'
+//! `projected_at`, and a comparison and rewrite of the few rows found:
+//! ~0.2-0.45 s at ~450k warriors under ~500 writes/s. (Where the rows written
+//! since cannot be told, see `written_since`, every row is compared under
+//! it: ~3-5 µs a row.) Rewriting every row under it, after a fixed minute's
+//! look-back for late commits, held the projector up ~6 s under writes at
+//! ~300k warriors.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +72,8 @@ pub struct RebuildReport {
     pub written: usize,
     /// How long the live tables were locked against the projector.
     pub locked_for: Duration,
+    /// Why the search index could not be repaired after the swap, if so.
+    pub search_repair_failed: Option<String>,
     pub live_warriors: i64,
 }
 
@@ -172,7 +179,8 @@ async fn replay_and_swap(
         .await?;
     swap.commit().await?;
     let locked_for = locked.elapsed();
-    repair_search_index(live).await?;
+    // The swap is done: a failed repair is reported, not a failed rebuild.
+    let search_repair_failed = repair_search_index(live).await.err().map(|error| error.to_string());
     sqlx::raw_sql("DROP SCHEMA rebuild CASCADE").execute(live).await?;
     Ok(RebuildReport {
         replayed,
@@ -184,6 +192,7 @@ async fn replay_and_swap(
         removed,
         written,
         locked_for,
+        search_repair_failed,
         live_warriors,
     })
 }
@@ -228,17 +237,20 @@ fn row_of(columns: &[String], table: &str) -> String {
 /// less [`REPORTING_SLACK`]. The projector stamps every row it writes with
 /// its clock time, so a row written by a transaction that commits later is
 /// stamped at or after this. `None` when this role cannot see every
-/// session's transaction: then the swap compares every row. (A row edited
-/// by hand, unstamped, in the seconds before the lock is not compared
-/// again: verify reports it.)
+/// session's transaction, or one has been open over [`LATE_COMMIT_MARGIN`]
+/// (every row written since would be compared again, found by a scan):
+/// then the swap compares every row. (A row edited by hand, unstamped, in
+/// the seconds before the lock is not compared again: verify reports it.)
 async fn written_since(live: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
     sqlx::query_scalar(
         "SELECT CASE WHEN coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false)
+                          AND least(now(), min(xact_start)) > now() - make_interval(secs => $2)
                      THEN least(now(), min(xact_start)) - make_interval(secs => $1) END
          FROM pg_stat_activity
          WHERE datname = current_database() AND backend_type = 'client backend'",
     )
     .bind(REPORTING_SLACK.as_secs_f64())
+    .bind(LATE_COMMIT_MARGIN.as_secs_f64())
     .fetch_one(live)
     .await
 }
@@ -321,23 +333,25 @@ async fn copy_over(
     sqlx::query("UPDATE public.warrior_count SET live = (SELECT live FROM rebuild.warrior_count)")
         .execute(&mut **swap)
         .await?;
-    // Names of warriors gone from the rebuilt rows leave the search index
-    // now; the written ones are queued for the indexer, so search is never
-    // held up by the swap's lock. The queue row is locked even where it
-    // exists (as the projector does, see APPLY_BATCH): an indexer round
-    // that took it meanwhile would index the name it read before the swap.
+    // The written rows are queued for the indexer, so search is never held
+    // up by the swap's lock, and names of warriors gone from the rebuilt
+    // rows leave the index now. Queue rows are locked even where they exist
+    // (as the projector does, see APPLY_BATCH): an indexer round that took
+    // one meanwhile would index the name it read before the swap. Queue
+    // rows first, then names: an indexer round locks them in that order.
+    let touched: Vec<Uuid> = removed.iter().chain(&written).copied().collect();
+    sqlx::query(
+        "INSERT INTO public.search_queue SELECT DISTINCT unnest($1::uuid[])
+         ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id WHERE false",
+    )
+    .bind(&touched)
+    .execute(&mut **swap)
+    .await?;
     sqlx::query(
         "DELETE FROM public.warrior_names n
          WHERE n.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",
     )
     .bind(&removed)
-    .execute(&mut **swap)
-    .await?;
-    sqlx::query(
-        "INSERT INTO public.search_queue SELECT unnest($1::uuid[])
-         ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id WHERE false",
-    )
-    .bind(&written)
     .execute(&mut **swap)
     .await?;
     Ok((removed.len(), written.len()))
@@ -349,8 +363,23 @@ async fn copy_over(
 /// the index lost before the rebuild (verify's "unindexed"). An indexer
 /// round that read a name from before the swap either committed before
 /// this reads the names (its name differs: queued again) or is still
-/// deleting the queue row, which this insert then waits for.
+/// deleting the queue row, which this insert then waits for. Its
+/// statements take rows in no fixed order, so a concurrent indexer round
+/// or projector batch can deadlock with one: it is tried three times.
 async fn repair_search_index(live: &PgPool) -> sqlx::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match repair_search_index_once(live).await {
+            Err(error) if attempt < 3 => {
+                tracing::warn!(%error, attempt, "repairing the search index after the swap failed; trying again");
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
+async fn repair_search_index_once(live: &PgPool) -> sqlx::Result<()> {
     sqlx::query(
         "DELETE FROM public.warrior_names n
          WHERE NOT EXISTS (SELECT 1 FROM public.warriors w WHERE w.id = n.id AND NOT w.deleted)",

@@ -326,29 +326,32 @@ impl EventStore {
 
     /// A [`CatchUp`] mark, as of now.
     async fn mark(&self, slack: Duration, fallback: Duration) -> Result<Mark, EventStoreError> {
-        // The statement's snapshot, which max(position) reads, is taken
-        // before clock_timestamp() runs: a transaction begun at or after
-        // taken_at takes its positions after that snapshot. Sessions with
+        // Sessions first, in a statement of their own: a transaction that
+        // commits after they were read is then visible to the snapshot of
+        // the position's statement, taken later. (Read after that snapshot,
+        // as one statement would, an append committing in between was
+        // neither visible nor counted as open.) Sessions with
         // track_activities off show state 'disabled' and no xact_start.
-        let (taken_at, horizon, last_position, all_shown): (_, _, _, bool) = sqlx::query_as(
-            "WITH seen AS MATERIALIZED (
-                 SELECT now() AS started,
-                        coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false) AS all_shown,
-                        least(now(), min(xact_start)) AS oldest,
-                        (SELECT coalesce(max(position), 0) FROM events) AS last_position
-                 FROM pg_stat_activity
-                 WHERE datname = current_database() AND backend_type = 'client backend'
-             )
-             SELECT clock_timestamp(),
-                    CASE WHEN all_shown THEN oldest - make_interval(secs => $1)
-                         ELSE started - make_interval(secs => $2) END,
-                    last_position, all_shown
-             FROM seen",
+        let (horizon, all_shown): (DateTime<Utc>, bool) = sqlx::query_as(
+            "SELECT CASE WHEN all_shown THEN oldest - make_interval(secs => $1)
+                         ELSE now() - make_interval(secs => $2) END,
+                    all_shown
+             FROM (SELECT coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false) AS all_shown,
+                          least(now(), min(xact_start)) AS oldest
+                   FROM pg_stat_activity
+                   WHERE datname = current_database() AND backend_type = 'client backend') AS seen",
         )
         .bind(slack.as_secs_f64())
         .bind(fallback.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
+        // The snapshot max(position) reads is taken before clock_timestamp()
+        // runs: a transaction begun at or after taken_at takes its positions
+        // after that snapshot.
+        let (last_position, taken_at): (i64, DateTime<Utc>) =
+            sqlx::query_as("SELECT coalesce(max(position), 0), clock_timestamp() FROM events")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(Mark {
             taken_at,
             horizon,
