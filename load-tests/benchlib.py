@@ -5,6 +5,8 @@ Every figure is a median of several runs; alternatives (e.g. group commit on
 and off) are interleaved inside each run so the machine's noise hits both.
 """
 
+import functools
+import hashlib
 import os
 import re
 import shlex
@@ -24,8 +26,10 @@ REPORT = ROOT / "docs" / "BENCHMARKS.md"
 
 
 def stack_env():
-    """The variables `./dev env` prints, after making sure the stack runs."""
+    """The variables `./dev env` prints, after making sure the stack runs.
+    Probes the host's speed then too (before any load), for the report."""
     subprocess.run([str(ROOT / "dev"), "up"], check=True, stdout=subprocess.DEVNULL)
+    host_probe()
     return dev_env()
 
 
@@ -221,6 +225,49 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+@functools.cache
+def host_probe():
+    """How fast this host is today, measured once per script: the same box
+    (same CPU model, same kernel) ran the same build ~1.5x slower on some
+    days (other guests on its cores), so a figure is comparable across runs
+    only beside these two. SHA-256 on one core is raw compute; a round trip
+    between two processes over pipes is two wake-ups, the cost services pay
+    per request at moderate rates (a context switch dominated query-service's
+    profile at ~1,000 lookups/s)."""
+    data = bytes(1 << 20)
+    best = 0.0
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(64):
+            hashlib.sha256(data).digest()
+        best = max(best, 64 / (time.perf_counter() - started))
+    trips = sorted(_pipe_round_trip_us(2000) for _ in range(9))
+    return f"SHA-256 {best:,.0f} MB/s on one core, pipe round trip between two processes {trips[4]:.1f} µs (median of 9)"
+
+
+def _pipe_round_trip_us(rounds):
+    to_child, from_parent = os.pipe()
+    to_parent, from_child = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # echo each byte back until the pipe closes
+        os.close(from_parent)
+        os.close(to_parent)
+        while os.read(to_child, 1):
+            os.write(from_child, b"x")
+        os._exit(0)
+    os.close(to_child)
+    os.close(from_child)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        os.write(from_parent, b"x")
+        os.read(to_parent, 1)
+    elapsed = time.perf_counter() - started
+    os.close(from_parent)
+    os.waitpid(pid, 0)
+    os.close(to_parent)
+    return elapsed / rounds * 1e6
+
+
 def machine():
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -228,7 +275,10 @@ def machine():
             cpu = line.split(":", 1)[1].strip()
             break
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    return f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB RAM, {os.uname().sysname} {os.uname().release}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_kb / 1024 / 1024:.0f} GiB RAM, {os.uname().sysname} {os.uname().release}; "
+        f"host probe: {host_probe()}"
+    )
 
 
 def commit():
