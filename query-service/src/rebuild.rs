@@ -29,7 +29,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use event_store::{CatchUp, CatchUpRound, EventStore, StoredEvent};
+use event_store::{CatchUp, CatchUpRound, EventStore, OpenTransactions, StoredEvent};
 use shared_kernel::WarriorEvent;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{PgPool, Postgres};
@@ -242,17 +242,12 @@ fn row_of(columns: &[String], table: &str) -> String {
 /// then the swap compares every row. (A row edited by hand, unstamped, in
 /// the seconds before the lock is not compared again: verify reports it.)
 async fn written_since(live: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar(
-        "SELECT CASE WHEN coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false)
-                          AND least(now(), min(xact_start)) > now() - make_interval(secs => $2)
-                     THEN least(now(), min(xact_start)) - make_interval(secs => $1) END
-         FROM pg_stat_activity
-         WHERE datname = current_database() AND backend_type = 'client backend'",
-    )
-    .bind(REPORTING_SLACK.as_secs_f64())
-    .bind(LATE_COMMIT_MARGIN.as_secs_f64())
-    .fetch_one(live)
-    .await
+    let open = OpenTransactions::read(live).await?;
+    let recent = open
+        .longest_open()
+        .to_std()
+        .is_ok_and(|open_for| open_for < LATE_COMMIT_MARGIN);
+    Ok(open.horizon(REPORTING_SLACK).filter(|_| recent))
 }
 
 /// Ids of the warriors whose live and rebuilt rows differ (or exist on one

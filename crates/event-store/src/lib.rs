@@ -8,11 +8,13 @@
 
 mod error;
 mod group_commit;
+mod open_transactions;
 mod outbox;
 mod store;
 
 pub use error::EventStoreError;
 pub use group_commit::{Appender, GroupCommitConfig, GroupCommitter};
+pub use open_transactions::OpenTransactions;
 pub use outbox::OutboxLease;
 pub use store::{AppendOutcome, CatchUp, CatchUpRound, EventStore, NewEvent, Snapshot, StoredEvent};
 

@@ -6,7 +6,8 @@ use serde_json::Value;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::EventStoreError;
+use crate::open_transactions::before;
+use crate::{EventStoreError, OpenTransactions};
 
 /// An event to append. `version` is the stream's expected version + 1; the
 /// append only succeeds if no event of that stream holds it yet.
@@ -330,21 +331,9 @@ impl EventStore {
         // commits after they were read is then visible to the snapshot of
         // the position's statement, taken later. (Read after that snapshot,
         // as one statement would, an append committing in between was
-        // neither visible nor counted as open.) Sessions with
-        // track_activities off show state 'disabled' and no xact_start.
-        let (horizon, all_shown): (DateTime<Utc>, bool) = sqlx::query_as(
-            "SELECT CASE WHEN all_shown THEN oldest - make_interval(secs => $1)
-                         ELSE now() - make_interval(secs => $2) END,
-                    all_shown
-             FROM (SELECT coalesce(bool_and(state IS NOT NULL AND state <> 'disabled'), false) AS all_shown,
-                          least(now(), min(xact_start)) AS oldest
-                   FROM pg_stat_activity
-                   WHERE datname = current_database() AND backend_type = 'client backend') AS seen",
-        )
-        .bind(slack.as_secs_f64())
-        .bind(fallback.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?;
+        // neither visible nor counted as open.)
+        let open = OpenTransactions::read(&self.pool).await?;
+        let horizon = open.horizon(slack).unwrap_or_else(|| before(open.now, fallback));
         // The snapshot max(position) reads is taken before clock_timestamp()
         // runs: a transaction begun at or after taken_at takes its positions
         // after that snapshot.
@@ -356,7 +345,7 @@ impl EventStore {
             taken_at,
             horizon,
             last_position,
-            fixed: !all_shown,
+            fixed: !open.all_shown,
         })
     }
 
