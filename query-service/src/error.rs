@@ -22,8 +22,8 @@ pub enum ApiError {
     /// upgrade) succeeds. (Deploy readers first: docs/EVENTS.md.)
     #[error("the event store holds an event this build cannot read")]
     UnreadableEvent(#[source] UnknownEventType),
-    #[error("cannot tell whether this warrior was just created: the event store is unreachable; retry later")]
-    CannotConfirmAbsence,
+    #[error("cannot confirm this warrior's newest version: the event store is unreachable; retry later")]
+    CannotConfirm,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -43,9 +43,7 @@ impl IntoResponse for ApiError {
                 self.to_string(),
             )
             .with_errors(serde_json::json!({"t": "is required and must not be blank"})),
-            Self::CannotConfirmAbsence | Self::ShuttingDown => {
-                Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
-            }
+            Self::CannotConfirm | Self::ShuttingDown => Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string()),
             Self::EventStore(error) => {
                 tracing::error!(%error, "the event store could not answer a lookup the read model could not serve");
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, self.to_string())

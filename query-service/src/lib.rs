@@ -95,7 +95,8 @@ impl AppState {
     /// no relay running, the projector stalled) or the read model cannot be
     /// read, the answer comes from the event store itself, the source of
     /// truth: still exact, one more index probe, and no 503 for a write the
-    /// client was told had succeeded.
+    /// client was told had succeeded. Without the event store nothing but a
+    /// deletion (final) can be vouched for: every other lookup is a 503.
     pub async fn lookup_consistent(&self, id: Uuid) -> Result<Lookup, ApiError> {
         if !self.read_model_breaker.allow() {
             return self.answer_from_event_store(id, "read_model_unavailable").await;
@@ -110,14 +111,14 @@ impl AppState {
                     Lookup::Unknown
                 }))
             }
-            // Without the head, a row we hold may be stale, but a missing
-            // one may be a write just acknowledged: answer what we have,
-            // never a 404 we cannot vouch for.
+            // Without the head, a live row may be older than a write just
+            // acknowledged, and a missing one may be a warrior just created:
+            // only a deletion, which is final, can be vouched for.
             Err(error) => {
-                tracing::warn!(%error, "event store unreachable; answering from the read model alone");
+                tracing::warn!(%error, "event store unreachable; only deletions can be answered");
                 return match lookup? {
-                    Lookup::Unknown => Err(ApiError::CannotConfirmAbsence),
-                    found => Ok(found),
+                    deleted @ Lookup::Deleted { .. } => Ok(deleted),
+                    Lookup::Live(_) | Lookup::Unknown => Err(ApiError::CannotConfirm),
                 };
             }
         };
