@@ -52,6 +52,8 @@ pub struct Config {
 
     /// librdkafka properties of the relay's producer, over the built-in
     /// ones: `key=value,key=value` (e.g. `linger.ms=5,debug=msg,broker`).
+    /// Those the relay's ordering rests on (idempotence, acks, the message
+    /// timeout, the gap-less guarantee) are refused.
     #[arg(long, env = "KAFKA_PRODUCER_OPTIONS", default_value = "")]
     pub kafka_producer_options: messaging::ClientOptions,
 

@@ -92,6 +92,10 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         config.database_statement_timeout_ms,
         config.request_timeout_ms
     );
+    config
+        .kafka_producer_options
+        .refuse(&messaging::RELAY_ORDERING_PROPERTIES)
+        .context("KAFKA_PRODUCER_OPTIONS")?;
     // Migrations on a connection of their own, without the pool's statement
     // limit, which would cancel a long one (an index built on a large table).
     let migrating = http_kit::pool_options()

@@ -54,17 +54,33 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 }
 
 /// Settings of the outbox relay's producer: [`producer_config`], but a
-/// message never times out. With a timeout, the idempotent producer drops a
-/// message that timed out during an outage and still sends the next ones of
-/// its partition (librdkafka's documented "gap"); the relay would then
-/// republish the dropped event after its successor, out of order. Without
-/// one, the relay waits for Kafka, which writes do not (events wait in the
-/// outbox), and per-partition order holds.
+/// message never times out, and a message failing alone stops the producer.
+/// Either way the idempotent producer would drop one message of a
+/// partition and still send the next ones (librdkafka's documented "gap"):
+/// after a timeout during an outage, or a permanent error on one batch (the
+/// topic deleted and re-created, a message over the topic's size limit).
+/// The relay would then republish the dropped event after its successor,
+/// out of order. Without a timeout the relay waits for Kafka, which writes
+/// do not (events wait in the outbox); with the gap-less guarantee a failed
+/// batch is a fatal error instead, and the relay replaces the producer and
+/// publishes again from the outbox, in order.
 pub fn relay_producer_config(brokers: &str) -> ClientConfig {
     let mut config = producer_config(brokers);
-    config.set("message.timeout.ms", "0");
+    config
+        .set("message.timeout.ms", "0")
+        .set("enable.gapless.guarantee", "true");
     config
 }
+
+/// The relay's producer properties its per-warrior order rests on
+/// ([`relay_producer_config`]); operator options may not override them.
+pub const RELAY_ORDERING_PROPERTIES: [&str; 5] = [
+    "enable.idempotence",
+    "acks",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "enable.gapless.guarantee",
+];
 
 /// Settings of the projector's consumer.
 ///
@@ -111,8 +127,22 @@ pub struct ClientOptions(Vec<(String, String)>);
 
 /// Why the operator's options were refused.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("expected librdkafka properties as key=value,key=value; {0:?} has no key")]
-pub struct ClientOptionsError(String);
+pub enum ClientOptionsError {
+    #[error("expected librdkafka properties as key=value,key=value; {0:?} has no key")]
+    NoKey(String),
+    #[error("{0} cannot be set: the relay's per-warrior order depends on its built-in value")]
+    Reserved(String),
+}
+
+impl ClientOptions {
+    /// Refuses options that would override any of `reserved`.
+    pub fn refuse(&self, reserved: &[&str]) -> Result<(), ClientOptionsError> {
+        match self.0.iter().find(|(key, _)| reserved.contains(&key.as_str())) {
+            Some((key, _)) => Err(ClientOptionsError::Reserved(key.clone())),
+            None => Ok(()),
+        }
+    }
+}
 
 impl std::str::FromStr for ClientOptions {
     type Err = ClientOptionsError;
@@ -128,7 +158,7 @@ impl std::str::FromStr for ClientOptions {
                     value.push(',');
                     value.push_str(piece.trim());
                 }
-                _ => return Err(ClientOptionsError(piece.to_owned())),
+                _ => return Err(ClientOptionsError::NoKey(piece.to_owned())),
             }
         }
         Ok(Self(options))
@@ -212,6 +242,21 @@ mod tests {
         assert_eq!("".parse::<ClientOptions>(), Ok(ClientOptions::default()));
         assert!("linger.ms".parse::<ClientOptions>().is_err());
         assert!("=5".parse::<ClientOptions>().is_err());
+    }
+
+    #[test]
+    fn the_relay_fails_rather_than_leave_a_gap_and_its_ordering_cannot_be_overridden() {
+        let config = relay_producer_config("b:9092");
+        assert_eq!(config.get("enable.gapless.guarantee"), Some("true"));
+        assert_eq!(config.get("message.timeout.ms"), Some("0"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        let reordering: ClientOptions = "linger.ms=5,delivery.timeout.ms=30000".parse().expect("valid");
+        assert_eq!(
+            reordering.refuse(&RELAY_ORDERING_PROPERTIES),
+            Err(ClientOptionsError::Reserved("delivery.timeout.ms".to_owned()))
+        );
+        let tuning: ClientOptions = "linger.ms=5,debug=msg".parse().expect("valid");
+        assert_eq!(tuning.refuse(&RELAY_ORDERING_PROPERTIES), Ok(()));
     }
 
     #[test]
