@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use event_store::EventStoreError;
 use http_kit::Problem;
 use shared_kernel::InputError;
 use thiserror::Error;
@@ -82,6 +83,14 @@ fn command_problem(error: CommandError) -> Problem {
         CommandError::Unreadable(error) => {
             tracing::error!(%error, "unreadable event in the event store");
             Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        }
+        CommandError::Store(error @ EventStoreError::OutcomeUnknown(_)) => {
+            tracing::error!(%error, "a write's outcome is unknown");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the event store's connection was lost while this write was committing: it may have been \
+                 applied; look before retrying (GET), or retry with the same Idempotency-Key or If-Match",
+            )
         }
         CommandError::Store(error) => {
             // Logged in full here, never shown to the client.

@@ -192,7 +192,17 @@ async fn run_writer(
             replies.push(reply);
         }
         let started = Instant::now();
-        let result = store.append_batch(&events).await;
+        let result = match store.append_batch(&events).await {
+            Err(EventStoreError::OutcomeUnknown(error)) => {
+                tracing::warn!(%error, batch = events.len(), "connection lost while appending; settling the batch");
+                store.settle_batch(&events).await.map_err(|settling| match settling {
+                    // Still unknown whether the first attempt committed.
+                    EventStoreError::Database(_) => EventStoreError::OutcomeUnknown(error),
+                    other => other,
+                })
+            }
+            other => other,
+        };
         on_batch(events.len(), started.elapsed());
         match result {
             Ok(outcomes) => {

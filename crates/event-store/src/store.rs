@@ -172,6 +172,9 @@ impl EventStore {
     /// no command collides on the others (`position` comes from a sequence,
     /// `event_id` is a fresh UUIDv7). Were one ever violated, the batch would
     /// fail as a whole, committing nothing.
+    ///
+    /// A connection lost once the statement was sent is
+    /// [`EventStoreError::OutcomeUnknown`]: see [`settle_batch`](Self::settle_batch).
     pub async fn append_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>, EventStoreError> {
         let mut event_ids = Vec::with_capacity(events.len());
         let mut aggregate_ids = Vec::with_capacity(events.len());
@@ -189,6 +192,8 @@ impl EventStore {
             data.push(&e.data);
             metadata.push(&e.metadata);
         }
+        // Acquired first: failing to connect sends nothing, a definite failure.
+        let mut connection = self.pool.acquire().await?;
         let rows: Vec<(Uuid, i64, DateTime<Utc>)> = sqlx::query_as(
             "WITH inserted AS (
                  INSERT INTO events (event_id, aggregate_id, version, event_type, schema_version, data, metadata)
@@ -207,8 +212,9 @@ impl EventStore {
         .bind(&schema_versions)
         .bind(&data)
         .bind(&metadata)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(EventStoreError::from_statement)?;
 
         let committed: HashMap<Uuid, (i64, DateTime<Utc>)> = rows
             .into_iter()
@@ -221,6 +227,42 @@ impl EventStore {
                 None => AppendOutcome::Conflict,
             })
             .collect())
+    }
+
+    /// Settles a batch whose [`append_batch`](Self::append_batch) ended in
+    /// [`EventStoreError::OutcomeUnknown`], by appending it again. A first
+    /// attempt still committing holds its rows' unique `(aggregate_id,
+    /// version)` entries, so the second waits for it; an event then found
+    /// stored under its own id was committed by the first attempt, and is
+    /// reported committed, not as a conflict (which a command without
+    /// If-Match would retry: written twice). Events of a first attempt that
+    /// rolled back are appended now.
+    pub async fn settle_batch(&self, events: &[NewEvent]) -> Result<Vec<AppendOutcome>, EventStoreError> {
+        let mut outcomes = self.append_batch(events).await?;
+        let refused: Vec<Uuid> = events
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, AppendOutcome::Conflict))
+            .map(|(event, _)| event.event_id)
+            .collect();
+        if refused.is_empty() {
+            return Ok(outcomes);
+        }
+        let stored: HashMap<Uuid, (i64, DateTime<Utc>)> = sqlx::query_as::<_, (Uuid, i64, DateTime<Utc>)>(
+            "SELECT event_id, position, occurred_at FROM events WHERE event_id = ANY($1)",
+        )
+        .bind(&refused)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(id, position, at)| (id, (position, at)))
+        .collect();
+        for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
+            if let Some(&(position, occurred_at)) = stored.get(&event.event_id) {
+                *outcome = AppendOutcome::Committed { position, occurred_at };
+            }
+        }
+        Ok(outcomes)
     }
 
     /// All events of one stream, in version order.

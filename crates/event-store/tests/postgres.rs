@@ -436,3 +436,73 @@ async fn a_catch_up_reads_an_event_that_commits_after_higher_positions_were_read
         "the next round reads the late commit, below positions already read"
     );
 }
+
+/// A batch whose connection was lost after it committed: settling it finds
+/// its own events and reports them committed, where appending again would
+/// call them conflicts (and a command without If-Match would then write
+/// its change a second time). A rival's event at the same version stays a
+/// conflict.
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn settling_a_committed_batch_reports_its_events_committed(pool: PgPool) {
+    let store = EventStore::new(pool);
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let batch = [event(a, 1), event(b, 1)];
+    let first = store.append_batch(&batch).await.expect("append");
+    assert!(first.iter().all(committed));
+    assert_eq!(
+        store.append_batch(&batch).await.expect("append again"),
+        [AppendOutcome::Conflict, AppendOutcome::Conflict],
+        "appended again, the batch's own events look like conflicts"
+    );
+    assert_eq!(store.settle_batch(&batch).await.expect("settle"), first);
+    assert_eq!(
+        store.settle_batch(&[event(a, 1)]).await.expect("settle a rival"),
+        [AppendOutcome::Conflict]
+    );
+}
+
+/// The server ends the writer's connection in the middle of its statement
+/// (an administrator's terminate, a restart): the writer settles the batch,
+/// and the caller learns its event committed, once.
+#[sqlx::test(migrator = "event_store::MIGRATOR")]
+async fn a_batch_whose_connection_is_lost_is_settled_and_written_once(pool: PgPool) {
+    sqlx::raw_sql(
+        "CREATE SEQUENCE lose_connection_once;
+         CREATE FUNCTION lose_connection_once() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF nextval('lose_connection_once') = 1 THEN
+                 PERFORM pg_terminate_backend(pg_backend_pid());
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER lose_connection_once AFTER INSERT ON events
+             FOR EACH STATEMENT EXECUTE FUNCTION lose_connection_once();",
+    )
+    .execute(&pool)
+    .await
+    .expect("install the trigger");
+    let store = EventStore::new(pool.clone());
+    let (writer, _task) = GroupCommitter::spawn(
+        store.clone(),
+        GroupCommitConfig::default(),
+        Arc::new(Notify::new()),
+        |_, _| {},
+    );
+    let id = Uuid::new_v4();
+    let outcome = writer.append(event(id, 1)).await.expect("settled, not an error");
+    assert!(committed(&outcome), "{outcome:?}");
+    let attempts: i64 = sqlx::query_scalar("SELECT last_value FROM lose_connection_once")
+        .fetch_one(&pool)
+        .await
+        .expect("sequence");
+    assert_eq!(attempts, 2, "the first attempt lost its connection, the second wrote");
+    let (events, queued): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE aggregate_id = $1),
+                (SELECT count(*) FROM outbox JOIN events USING (position) WHERE aggregate_id = $1)",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((events, queued), (1, 1));
+}
