@@ -25,6 +25,16 @@ fn event(aggregate_id: Uuid, version: i64) -> NewEvent {
     }
 }
 
+/// A group-commit writer with the default settings.
+fn writer(store: &EventStore) -> (GroupCommitter, tokio::task::JoinHandle<()>) {
+    GroupCommitter::spawn(
+        store.clone(),
+        GroupCommitConfig::default(),
+        Arc::new(Notify::new()),
+        |_, _| {},
+    )
+}
+
 fn committed(outcome: &AppendOutcome) -> bool {
     matches!(outcome, AppendOutcome::Committed { .. })
 }
@@ -55,12 +65,7 @@ async fn of_fifty_concurrent_appends_at_one_version_exactly_one_commits(pool: Pg
     let store = EventStore::new(pool);
     let id = Uuid::new_v4();
     store.append_batch(&[event(id, 1)]).await.expect("seed");
-    let (writer, _task) = GroupCommitter::spawn(
-        store.clone(),
-        GroupCommitConfig::default(),
-        Arc::new(Notify::new()),
-        |_, _| {},
-    );
+    let (writer, _task) = writer(&store);
     let outcomes = join_all((0..50).map(|_| writer.append(event(id, 2)))).await;
     let wins = outcomes
         .iter()
@@ -225,12 +230,7 @@ async fn a_reused_event_id_fails_the_whole_batch(pool: PgPool) {
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn an_append_given_up_before_the_writer_took_it_is_never_written(pool: PgPool) {
     let store = EventStore::new(pool.clone());
-    let (writer, _task) = GroupCommitter::spawn(
-        store.clone(),
-        GroupCommitConfig::default(),
-        Arc::new(Notify::new()),
-        |_, _| {},
-    );
+    let (writer, _task) = writer(&store);
     let short = std::time::Duration::from_millis(200);
     // Stall the writer: its first batch blocks on a lock of the events table.
     let mut blocker = pool.begin().await.expect("begin");
@@ -327,14 +327,7 @@ async fn sessions_wait_for(pool: &PgPool, xid: Option<&str>, sessions: i64) {
 #[sqlx::test(migrator = "event_store::MIGRATOR")]
 async fn two_writers_appending_the_same_keys_in_opposite_orders_do_not_deadlock(pool: PgPool) {
     let store = EventStore::new(pool.clone());
-    let spawn = || {
-        GroupCommitter::spawn(
-            store.clone(),
-            GroupCommitConfig::default(),
-            Arc::new(Notify::new()),
-            |_, _| {},
-        )
-    };
+    let spawn = || writer(&store);
     let ((first, _a), (second, _b)) = (spawn(), spawn());
     let append = |writer: &GroupCommitter, id: Uuid| {
         let writer = writer.clone();
@@ -482,12 +475,7 @@ async fn a_batch_whose_connection_is_lost_is_settled_and_written_once(pool: PgPo
     .await
     .expect("install the trigger");
     let store = EventStore::new(pool.clone());
-    let (writer, _task) = GroupCommitter::spawn(
-        store.clone(),
-        GroupCommitConfig::default(),
-        Arc::new(Notify::new()),
-        |_, _| {},
-    );
+    let (writer, _task) = writer(&store);
     let id = Uuid::new_v4();
     let outcome = writer.append(event(id, 1)).await.expect("settled, not an error");
     assert!(committed(&outcome), "{outcome:?}");

@@ -24,6 +24,18 @@ async fn projected_version(read_model: &PgPool, id: &str, version: i64) {
     .await;
 }
 
+/// Replaces the warrior with a new random one (a new version).
+async fn rename(stack: &Stack, id: &str) {
+    let renamed = stack
+        .http
+        .put(stack.at(&format!("/warrior/{id}")))
+        .json(&new_warrior())
+        .send()
+        .await
+        .expect("gateway reachable");
+    assert_eq!(renamed.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn without_the_event_store_a_lookup_never_serves_a_row_it_cannot_confirm_current() {
     let stack = Stack::from_env();
@@ -40,14 +52,7 @@ async fn without_the_event_store_a_lookup_never_serves_a_row_it_cannot_confirm_c
         .await
         .expect("gateway reachable");
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-    let renamed = stack
-        .http
-        .put(stack.at(&format!("/warrior/{live_id}")))
-        .json(&new_warrior())
-        .send()
-        .await
-        .expect("gateway reachable");
-    assert_eq!(renamed.status(), StatusCode::OK);
+    rename(&stack, &live_id).await;
     projected_version(&read_model, &live_id, 2).await;
     projected_version(&read_model, &gone_id, 2).await;
     // The rename acknowledged but not projected yet, as during any
@@ -98,13 +103,6 @@ async fn without_the_event_store_a_lookup_never_serves_a_row_it_cannot_confirm_c
     spare.stop().await;
 
     // Leave the read model true again: a newer write replaces the row.
-    let repaired = stack
-        .http
-        .put(stack.at(&format!("/warrior/{live_id}")))
-        .json(&new_warrior())
-        .send()
-        .await
-        .expect("gateway reachable");
-    assert_eq!(repaired.status(), StatusCode::OK);
+    rename(&stack, &live_id).await;
     projected_version(&read_model, &live_id, 3).await;
 }
