@@ -175,6 +175,15 @@ impl Stack {
     }
 }
 
+/// The version of a warrior's row in the read model, if it has one.
+pub async fn row_version(read_model: &sqlx::PgPool, id: Uuid) -> Option<i64> {
+    sqlx::query_scalar("SELECT version FROM warriors WHERE id = $1")
+        .bind(id)
+        .fetch_optional(read_model)
+        .await
+        .expect("read model")
+}
+
 /// Polls `probe` until it yields `Some`, or panics with `what` at the deadline.
 pub async fn poll_until<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
 where

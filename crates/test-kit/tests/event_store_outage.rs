@@ -7,19 +7,15 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
-use test_kit::{new_warrior, poll_until, Spare, SpareKind, Stack};
+use test_kit::{new_warrior, poll_until, row_version, Spare, SpareKind, Stack};
 
 /// Nothing listens on port 1: connecting is refused at once.
 const UNREACHABLE_EVENT_STORE: &str = "postgres://hammer:hammer@127.0.0.1:1/eventstore";
 
 async fn projected_version(read_model: &PgPool, id: &str, version: i64) {
+    let id = id.parse().expect("a UUID");
     poll_until(Duration::from_secs(10), "the projection of the write", || async {
-        let projected: Option<i64> = sqlx::query_scalar("SELECT version FROM warriors WHERE id = $1::uuid")
-            .bind(id)
-            .fetch_optional(read_model)
-            .await
-            .expect("read model");
-        (projected == Some(version)).then_some(())
+        (row_version(read_model, id).await == Some(version)).then_some(())
     })
     .await;
 }

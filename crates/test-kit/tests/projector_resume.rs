@@ -6,19 +6,11 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use test_kit::{new_warrior, poll_until, Stack};
+use test_kit::{new_warrior, poll_until, row_version, Stack};
 
 /// The projector's topic and consumer group (the services' defaults).
 const TOPIC: &str = "warrior-events";
 const GROUP: &str = "warrior-read-projection";
-
-async fn row_version(read_model: &PgPool, id: uuid::Uuid) -> Option<i64> {
-    sqlx::query_scalar("SELECT version FROM warriors WHERE id = $1")
-        .bind(id)
-        .fetch_optional(read_model)
-        .await
-        .expect("read model")
-}
 
 #[tokio::test]
 async fn a_read_model_restored_to_an_earlier_point_is_caught_up_from_its_own_offsets() {
