@@ -124,7 +124,14 @@ class Instance:
 
     def __init__(self, binary, port, env):
         self.base = f"http://127.0.0.1:{port}"
-        full_env = {**os.environ, **env, "LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn"}
+        full_env = {
+            # As ./dev runs the services (its service_env): half the cores.
+            "TOKIO_WORKER_THREADS": str(os.cpu_count() // 2 if (os.cpu_count() or 1) > 3 else 1),
+            **os.environ,
+            **env,
+            "LISTEN_ADDR": f"127.0.0.1:{port}",
+            "RUST_LOG": "warn",
+        }
         self.process = subprocess.Popen(
             [str(ROOT / "target" / "release" / binary)],
             env=full_env,

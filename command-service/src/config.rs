@@ -9,7 +9,7 @@ use clap::Parser;
 /// Validates warrior commands, appends their events to the PostgreSQL event
 /// store and relays them to Kafka through a transactional outbox.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "command-service", version, after_help = http_kit::LOGGING_HELP)]
+#[command(name = "command-service", version, after_help = http_kit::ENVIRONMENT_HELP)]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8091")]

@@ -13,8 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 type Reply<V, E> = oneshot::Sender<Result<Option<V>, Arc<E>>>;
@@ -37,6 +39,9 @@ impl<K, V, E> Clone for Coalescer<K, V, E> {
 pub enum CoalesceError<E> {
     /// The batch query failed (shared by every request of the batch).
     Load(Arc<E>),
+    /// The loader panicked while answering this request's batch (a bug;
+    /// logged). The worker lives on for the next batch.
+    Panicked,
     /// The workers are gone (shutting down).
     Closed,
 }
@@ -45,6 +50,7 @@ impl<E: std::fmt::Display> std::fmt::Display for CoalesceError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Load(error) => error.fmt(f),
+            Self::Panicked => f.write_str("the batch loader panicked"),
             Self::Closed => f.write_str("shutting down"),
         }
     }
@@ -79,7 +85,21 @@ where
                     if receiver.lock().await.recv_many(&mut batch, max_batch).await == 0 {
                         return;
                     }
-                    answer(source, load.as_ref(), &mut batch).await;
+                    // A panic in the loader must fail its batch, not the
+                    // worker: with the worker gone every later read of this
+                    // source would fail until the service restarts.
+                    let answered = AssertUnwindSafe(answer(source, load.as_ref(), &mut batch))
+                        .catch_unwind()
+                        .await;
+                    if answered.is_err() {
+                        tracing::error!(
+                            source,
+                            requests = batch.len(),
+                            "a coalesced read panicked; its batch fails"
+                        );
+                        // Dropping the replies tells each requester.
+                        batch.clear();
+                    }
                 }
             });
         }
@@ -96,7 +116,8 @@ where
         match answer.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(CoalesceError::Load(error)),
-            Err(_) => Err(CoalesceError::Closed),
+            // The worker dropped the reply unanswered: only a panic does.
+            Err(_) => Err(CoalesceError::Panicked),
         }
     }
 }
@@ -162,5 +183,15 @@ mod tests {
             Err(CoalesceError::Load(error)) => assert_eq!(*error, "database down"),
             other => panic!("expected the load error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_requests_and_the_worker_carries_on() {
+        let coalescer: Coalescer<u32, u32, ()> = Coalescer::spawn("test", 1, 8, |keys: Vec<u32>| async move {
+            assert!(!keys.contains(&13), "the loader's bug");
+            Ok(keys.into_iter().map(|k| (k, k * 10)).collect())
+        });
+        assert!(matches!(coalescer.get(13).await, Err(CoalesceError::Panicked)));
+        assert_eq!(coalescer.get(2).await.expect("the worker survived"), Some(20));
     }
 }

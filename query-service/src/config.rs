@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 /// Projects warrior events from Kafka into the read model and serves
 /// lookups, search and counts.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "query-service", version, after_help = http_kit::LOGGING_HELP)]
+#[command(name = "query-service", version, after_help = http_kit::ENVIRONMENT_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -30,6 +30,9 @@ pub enum ApiError {
     ReadModel(Arc<sqlx::Error>),
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// A bug inside the service (already logged where it happened).
+    #[error("internal error")]
+    Internal,
 }
 
 impl IntoResponse for ApiError {
@@ -55,6 +58,7 @@ impl IntoResponse for ApiError {
                     "the warrior cannot be read right now; retry later",
                 )
             }
+            Self::Internal => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, self.to_string()),
             Self::Database(error) => read_model_unavailable(error),
             Self::ReadModel(error) => read_model_unavailable(error),
         };

@@ -210,6 +210,7 @@ impl AppState {
             Ok(Some(newest)) => newest,
             Ok(None) => return Ok(Lookup::Unknown),
             Err(CoalesceError::Load(error)) => return Err(ApiError::EventStore(error)),
+            Err(CoalesceError::Panicked) => return Err(ApiError::Internal),
             Err(CoalesceError::Closed) => return Err(ApiError::ShuttingDown),
         };
         let event = WarriorEvent::decode(&newest.event_type, newest.schema_version, &newest.data)
@@ -239,6 +240,7 @@ impl AppState {
                 self.read_model_breaker.failed();
                 Err(ApiError::ReadModel(error))
             }
+            Err(CoalesceError::Panicked) => Err(ApiError::Internal),
             Err(CoalesceError::Closed) => Err(ApiError::ShuttingDown),
         }
     }

@@ -23,4 +23,4 @@ pub use metrics::install_metrics;
 pub use metrics_exporter_prometheus::PrometheusHandle;
 pub use openapi::openapi_json;
 pub use problem::{Problem, PROBLEM_JSON};
-pub use telemetry::{init_tracing, shutdown_signal, with_common_layers, LOGGING_HELP, REQUEST_ID};
+pub use telemetry::{init_tracing, shutdown_signal, with_common_layers, ENVIRONMENT_HELP, REQUEST_ID};
