@@ -120,6 +120,12 @@ def main():
                 process.terminate()
                 process.wait(timeout=10)
 
+    # A ceiling made of error answers is no ceiling (a 400 costs far less
+    # than a create): refuse to report it.
+    failed = {kind: sum(r["errors"] for r in runs) for kind, runs in results.items()}
+    if any(failed.values()):
+        raise SystemExit(f"bench_ceilings: non-2xx answers {failed}; no report written")
+
     def med(kind, key):
         return benchlib.median([r[key] for r in results[kind]])
 
