@@ -85,6 +85,9 @@ def requests_of(env, close, delay_ms):
     header = 'wrk.headers["Connection"] = "close"\n' if close else ""
     if delay_ms:
         header += f"\nfunction delay() return {delay_ms} end\n"
+    gateway = env["GATEWAY_URL"]
+    yield "create", gateway + "/warrior", benchlib.random_create_lua(extra=header)
+    # Read after the creates ran: on a fresh stack there was nothing to look up before.
     ids = tempfile.NamedTemporaryFile("w", suffix=".ids", delete=False)
     with urllib.request.urlopen(env["QUERY_URL"] + "/api/v1/queries/warriors", timeout=5) as response:
         import json
@@ -92,8 +95,6 @@ def requests_of(env, close, delay_ms):
         for warrior in json.load(response):
             ids.write(warrior["id"] + "\n")
     ids.close()
-    gateway = env["GATEWAY_URL"]
-    yield "create", gateway + "/warrior", benchlib.random_create_lua(extra=header)
     yield "lookup", gateway + "/", bench_reads.LOOKUP % ids.name + header
     yield "search", gateway + "/", bench_reads.SEARCH + header
     yield "search without term", gateway + "/warrior", header
