@@ -33,6 +33,12 @@ def stack_env():
     return dev_env()
 
 
+def service_env(part):
+    """The variables ./dev starts a service part with (`./dev service-env`)."""
+    out = subprocess.run([str(ROOT / "dev"), "service-env", part], check=True, capture_output=True, text=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 def dev_env():
     """The variables `./dev env` prints (URLs and credentials of the stack)."""
     out = subprocess.run([str(ROOT / "dev"), "env"], check=True, capture_output=True, text=True).stdout
@@ -129,14 +135,9 @@ class Instance:
 
     def __init__(self, binary, port, env):
         self.base = f"http://127.0.0.1:{port}"
-        full_env = {
-            # As ./dev runs the services (its service_env): half the cores.
-            "TOKIO_WORKER_THREADS": str(os.cpu_count() // 2 if (os.cpu_count() or 1) > 3 else 1),
-            **os.environ,
-            **env,
-            "LISTEN_ADDR": f"127.0.0.1:{port}",
-            "RUST_LOG": "warn",
-        }
+        # Started as ./dev starts the service (worker threads, allocator
+        # settings, ...), then with this instance's own settings over it.
+        full_env = {**os.environ, **service_env(binary), **env, "LISTEN_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "warn"}
         self.process = subprocess.Popen(
             [str(ROOT / "target" / "release" / binary)],
             env=full_env,
