@@ -23,8 +23,7 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// tokio rather than by the binary's own flags.
 pub const ENVIRONMENT_HELP: &str = "Logging: RUST_LOG=<tracing filter> (default: info), \
 LOG_FORMAT=json for one JSON object per line (default: text).\n\
-Threads: TOKIO_WORKER_THREADS=<n> async worker threads (default: one per core; \
-./dev sets half the cores, as the services share the machine with the databases and Kafka).";
+Threads: TOKIO_WORKER_THREADS=<n> async worker threads (default: one per core).";
 
 /// Sets up `tracing`: `RUST_LOG` filters (default `info`), `LOG_FORMAT=json`
 /// switches to one JSON object per line for log shippers.
