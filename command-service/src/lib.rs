@@ -15,6 +15,7 @@ use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
@@ -31,6 +32,8 @@ use crate::relay::Relay;
 pub struct AppState {
     pub commands: Commands,
     pub producer: FutureProducer,
+    /// How `producer` was made: readiness asks a new client when it cannot.
+    pub producer_config: ClientConfig,
     pub topic: String,
 }
 
@@ -143,7 +146,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         let relay = Relay {
             store: store.clone(),
             producer: producer.clone(),
-            producer_config,
+            producer_config: producer_config.clone(),
             topic: config.kafka_topic.clone(),
             batch: config.relay_batch,
             min_round_interval: config.relay_round_interval(),
@@ -155,6 +158,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     let state = AppState {
         commands: Commands::new(store, appender, config.snapshot_every).with_append_timeout(config.database_timeout()),
         producer,
+        producer_config,
         topic: config.kafka_topic.clone(),
     };
     let listener =

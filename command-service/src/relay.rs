@@ -17,7 +17,7 @@ use std::time::Duration;
 use event_store::{EventStore, EventStoreError, OutboxLease, StoredEvent};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer, PurgeConfig};
 use rdkafka::ClientConfig;
 use shared_kernel::EventEnvelope;
 use sqlx::postgres::PgListener;
@@ -30,6 +30,13 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(500);
+/// How long the relay waits for Kafka's acknowledgement before it checks
+/// that its producer is not stranded ([`messaging::is_stranded`]), and the
+/// pause between checks.
+const STRANDED_CHECK_AFTER: Duration = Duration::from_secs(3);
+/// Consecutive checks that must find the producer stranded before it is
+/// replaced: one could catch it between a Kafka restart and its reconnection.
+const STRANDED_VERDICTS: u32 = 2;
 
 /// Why a relay round stopped relaying.
 #[derive(Debug, Error)]
@@ -40,6 +47,16 @@ enum RelayError {
     /// broken by the broker); only a new producer can.
     #[error("Kafka producer failed fatally: {0}")]
     FatalProducer(String),
+    /// The producer reaches no broker though a new client does.
+    #[error("Kafka producer stranded")]
+    StrandedProducer,
+}
+
+/// Why `publish` stopped before every event was acknowledged.
+enum PublishFailure {
+    Kafka(KafkaError),
+    /// The producer is stranded: its events were purged, none can follow.
+    Stranded,
 }
 
 /// What the relay needs; built once in `main`.
@@ -78,10 +95,15 @@ impl Relay {
                                 reason,
                                 "Kafka producer failed fatally; lease released, replacing the producer"
                             );
-                            match self.producer_config.create() {
-                                Ok(producer) => self.producer = producer,
-                                Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
-                            }
+                            self.replace_producer();
+                        }
+                        Err(RelayError::StrandedProducer) => {
+                            tracing::warn!(
+                                "the Kafka producer reached no broker while a new client did \
+                                 (librdkafka#5301); lease released, replacing the producer"
+                            );
+                            metrics::counter!("kafka_clients_replaced_total", "client" => "relay").increment(1);
+                            self.replace_producer();
                         }
                     }
                 }
@@ -96,6 +118,16 @@ impl Relay {
         forwarder.abort();
         if let Err(error) = self.producer.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "producer flush on shutdown failed");
+        }
+    }
+
+    /// A new producer from the same settings; the events the old one held
+    /// are still in the outbox and go out again, in order, from the next
+    /// lease.
+    fn replace_producer(&mut self) {
+        match self.producer_config.create() {
+            Ok(producer) => self.producer = producer,
+            Err(error) => tracing::error!(%error, "cannot create a new Kafka producer"),
         }
     }
 
@@ -132,7 +164,14 @@ impl Relay {
                 if !delivered.is_empty() {
                     lease.acknowledge(&delivered).await?;
                 }
-                if let Some(error) = failure {
+                if let Some(failure) = failure {
+                    let error = match failure {
+                        PublishFailure::Stranded => {
+                            lease.release().await;
+                            return Err(RelayError::StrandedProducer);
+                        }
+                        PublishFailure::Kafka(error) => error,
+                    };
                     if let Some((_, reason)) = self.producer.client().fatal_error() {
                         lease.release().await;
                         return Err(RelayError::FatalProducer(reason));
@@ -160,13 +199,15 @@ impl Relay {
     /// Sends a batch; returns the positions Kafka acknowledged and the first error.
     /// Messages are enqueued strictly in batch order, which the idempotent
     /// producer preserves per partition. Waits for Kafka as long as it takes
-    /// (messages never time out), unless shutdown comes first: what was
-    /// acknowledged by then is returned, the rest stays in the outbox.
+    /// (messages never time out), unless shutdown comes first (what was
+    /// acknowledged by then is returned, the rest stays in the outbox) or
+    /// the producer turns out stranded: then it is purged, so none of its
+    /// events can reach Kafka after their republished successors.
     async fn publish(
         &self,
         batch: &[StoredEvent],
         shutdown: &mut watch::Receiver<bool>,
-    ) -> (Vec<i64>, Option<KafkaError>) {
+    ) -> (Vec<i64>, Option<PublishFailure>) {
         let mut in_flight: Vec<(i64, DeliveryFuture)> = Vec::with_capacity(batch.len());
         let mut failure = None;
         for event in batch {
@@ -190,31 +231,59 @@ impl Relay {
                 Ok(delivery) => in_flight.push((event.position, delivery)),
                 Err((error, _)) => {
                     // Stop enqueueing: later events of the same warrior must not overtake this one.
-                    failure = Some(error);
+                    failure = Some(PublishFailure::Kafka(error));
                     break;
                 }
             }
         }
         let mut delivered = Vec::with_capacity(in_flight.len());
-        for (position, delivery) in in_flight {
-            let outcome = tokio::select! {
-                outcome = delivery => outcome,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    failure.get_or_insert(KafkaError::Canceled);
-                    break;
+        let mut stranded_verdicts = 0;
+        for (position, mut delivery) in in_flight {
+            let outcome = loop {
+                let waited = tokio::select! {
+                    outcome = &mut delivery => Some(outcome),
+                    _ = shutdown.wait_for(|stop| *stop) => break None,
+                    () = tokio::time::sleep(STRANDED_CHECK_AFTER) => None,
+                };
+                if let Some(outcome) = waited {
+                    break Some(outcome);
+                }
+                stranded_verdicts = if self.producer_stranded().await {
+                    stranded_verdicts + 1
+                } else {
+                    0
+                };
+                if stranded_verdicts >= STRANDED_VERDICTS {
+                    self.producer.purge(PurgeConfig::default().queue().inflight());
+                    return (delivered, Some(PublishFailure::Stranded));
                 }
             };
             match outcome {
-                Ok(Ok(_)) => delivered.push(position),
-                Ok(Err((error, _))) => {
-                    failure.get_or_insert(error);
+                Some(Ok(Ok(_))) => {
+                    delivered.push(position);
+                    stranded_verdicts = 0;
                 }
-                Err(_) => {
-                    failure.get_or_insert(KafkaError::Canceled);
+                Some(Ok(Err((error, _)))) => {
+                    failure.get_or_insert(PublishFailure::Kafka(error));
+                }
+                Some(Err(_)) => {
+                    failure.get_or_insert(PublishFailure::Kafka(KafkaError::Canceled));
+                }
+                None => {
+                    failure.get_or_insert(PublishFailure::Kafka(KafkaError::Canceled));
+                    break;
                 }
             }
         }
         (delivered, failure)
+    }
+
+    /// Whether the producer is stranded ([`messaging::is_stranded`]).
+    async fn producer_stranded(&self) -> bool {
+        let (producer, config, topic) = (self.producer.clone(), self.producer_config.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || messaging::is_stranded(producer.client(), &config, &topic))
+            .await
+            .unwrap_or(false)
     }
 }
 

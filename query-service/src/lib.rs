@@ -21,8 +21,8 @@ use anyhow::Context;
 use axum::Router;
 use event_store::{EventStore, EventStoreError, StoredEvent};
 use http_kit::PrometheusHandle;
-use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
 use shared_kernel::{Warrior, WarriorEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -37,7 +37,7 @@ use crate::breaker::Breaker;
 use crate::coalesce::{CoalesceError, Coalescer};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::projector::{AppliedBatch, Projector, ProjectorContext};
+use crate::projector::{AppliedBatch, Projector};
 use crate::read_model::{Lookup, ReadModel};
 
 /// Migrations of the read-model database, embedded at compile time.
@@ -80,7 +80,10 @@ pub struct AppState {
     pub projection_breaker: Breaker,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
+    /// The dead-letter producer, asked by readiness whether Kafka is up.
     pub kafka: FutureProducer,
+    /// How `kafka` was made: readiness asks a new client when it cannot.
+    pub kafka_config: ClientConfig,
     pub topic: String,
 }
 
@@ -448,21 +451,22 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
     // they can change any setting, this one included.
     let mut consumer_config = messaging::consumer_config(&config.kafka_brokers, &config.kafka_group);
     consumer_config.set("statistics.interval.ms", "5000");
-    let consumer: StreamConsumer<ProjectorContext> =
-        messaging::with_options(consumer_config, &config.kafka_consumer_options)
-            .create_with_context(ProjectorContext {
-                read_model: ReadModel::new(projector_pool.clone()),
-                topic: config.kafka_topic.clone(),
-            })
-            .context("cannot create the Kafka consumer")?;
-    let producer: FutureProducer = messaging::producer_config(&config.kafka_brokers)
-        .create()
-        .context("cannot create the Kafka producer")?;
+    let consumer_config = messaging::with_options(consumer_config, &config.kafka_consumer_options);
+    let consumer = projector::new_consumer(
+        &consumer_config,
+        &ReadModel::new(projector_pool.clone()),
+        &config.kafka_topic,
+    )
+    .context("cannot create the Kafka consumer")?;
+    let producer_config = messaging::producer_config(&config.kafka_brokers);
+    let producer: FutureProducer = producer_config.create().context("cannot create the Kafka producer")?;
     let (applied, _) = broadcast::channel(256);
     let (stop_projector, projector_stop_rx) = watch::channel(false);
     let projector = Projector {
-        consumer,
+        consumer: Arc::new(consumer),
+        consumer_config,
         dlq_producer: producer.clone(),
+        dlq_config: producer_config.clone(),
         read_model: ReadModel::new(projector_pool.clone()),
         topic: config.kafka_topic.clone(),
         max_batch: config.projector_batch,
@@ -499,6 +503,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
         kafka: producer,
+        kafka_config: producer_config.clone(),
         topic: config.kafka_topic.clone(),
     };
     let listener =

@@ -16,10 +16,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtoc
 use rdkafka::error::KafkaResult;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::ClientContext;
+use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use tokio::runtime::RuntimeFlavor;
@@ -35,6 +35,16 @@ const BACKOFF: Duration = Duration::from_millis(500);
 /// How many times the read model may refuse one event before it goes to the
 /// dead-letter topic.
 const POISON_ATTEMPTS: u32 = 3;
+
+/// How long the consumer may go without a message before the projector
+/// checks that it is not stranded ([`messaging::is_stranded`]), and the
+/// pause between checks.
+const STRANDED_CHECK_AFTER: Duration = Duration::from_secs(3);
+
+/// Consecutive checks that must find the consumer stranded before it is
+/// replaced: one could catch a consumer between a Kafka restart and its
+/// reconnection.
+const STRANDED_VERDICTS: u32 = 2;
 
 /// Consumer callbacks: starts assigned partitions where the read model's
 /// rows reach, and turns librdkafka's periodic statistics into the
@@ -137,9 +147,27 @@ impl ProjectorContext {
 /// The (warrior id, version) pairs of one committed batch.
 pub type AppliedBatch = Arc<Vec<(Uuid, i64)>>;
 
+/// Makes the projector's consumer from its settings: at start, and again
+/// whenever the one in use is found stranded.
+pub fn new_consumer(
+    config: &ClientConfig,
+    read_model: &ReadModel,
+    topic: &str,
+) -> KafkaResult<StreamConsumer<ProjectorContext>> {
+    config.create_with_context(ProjectorContext {
+        read_model: read_model.clone(),
+        topic: topic.to_owned(),
+    })
+}
+
 pub struct Projector {
-    pub consumer: StreamConsumer<ProjectorContext>,
+    /// Shared with the blocking thread that checks it is not stranded.
+    pub consumer: Arc<StreamConsumer<ProjectorContext>>,
+    /// How `consumer` was made ([`new_consumer`]): to make another.
+    pub consumer_config: ClientConfig,
     pub dlq_producer: FutureProducer,
+    /// How `dlq_producer` was made: to stand in for it if it is stranded.
+    pub dlq_config: ClientConfig,
     pub read_model: ReadModel,
     pub topic: String,
     pub max_batch: usize,
@@ -191,9 +219,11 @@ impl Projector {
     /// and without the floor a trickle of events made batches of 1.7 events.
     /// (A 1 ms gap timer used to end each batch: ~2.7 ms of the 7 ms between
     /// the relay's send and the row at 1,000 events/s.)
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         self.consumer.subscribe(&[&self.topic])?;
         let mut batch: Vec<Received> = Vec::new();
+        let mut quiet_since = tokio::time::Instant::now();
+        let mut stranded_verdicts = 0;
         while !*shutdown.borrow() {
             if batch.is_empty() {
                 // No pause after a consumer error: librdkafka retries by
@@ -204,7 +234,19 @@ impl Projector {
                 // still for 30-50 s (once over 2 min) with Kafka up.
                 tokio::select! {
                     message = self.consumer.recv() => {
+                        if message.is_ok() {
+                            quiet_since = tokio::time::Instant::now();
+                            stranded_verdicts = 0;
+                        }
                         take(&mut batch, message);
+                    }
+                    () = tokio::time::sleep_until(quiet_since + STRANDED_CHECK_AFTER) => {
+                        quiet_since = tokio::time::Instant::now();
+                        stranded_verdicts = if self.consumer_stranded().await { stranded_verdicts + 1 } else { 0 };
+                        if stranded_verdicts >= STRANDED_VERDICTS {
+                            self.replace_consumer();
+                            stranded_verdicts = 0;
+                        }
                     }
                     _ = shutdown.changed() => {}
                 }
@@ -236,9 +278,73 @@ impl Projector {
             if !applied {
                 break;
             }
+            quiet_since = tokio::time::Instant::now();
         }
         tracing::info!("projector stopped");
         Ok(())
+    }
+
+    /// Whether the consumer is stranded ([`messaging::is_stranded`]).
+    async fn consumer_stranded(&self) -> bool {
+        let consumer = Arc::clone(&self.consumer);
+        let (config, topic) = (self.consumer_config.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || messaging::is_stranded(consumer.client(), &config, &topic))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// A new dead-letter producer if `producer` is stranded
+    /// ([`messaging::is_stranded`]).
+    async fn dlq_stand_in(&self, producer: &FutureProducer) -> Option<FutureProducer> {
+        let (checked, config, topic) = (
+            producer.clone(),
+            self.dlq_config.clone(),
+            messaging::dlq_topic(&self.topic),
+        );
+        let stranded =
+            tokio::task::spawn_blocking(move || messaging::is_stranded(checked.client(), &config, &topic)).await;
+        if !stranded.unwrap_or(false) {
+            return None;
+        }
+        metrics::counter!("kafka_clients_replaced_total", "client" => "dead_letter").increment(1);
+        tracing::warn!("the dead-letter producer reached no broker while a new client did (librdkafka#5301)");
+        self.dlq_config.create().ok()
+    }
+
+    /// Swaps a stranded consumer for a new one, which joins the group and
+    /// starts its partitions where the read model's rows reach, like any
+    /// newly assigned consumer. Nothing is lost: the stranded one had no
+    /// batch in hand. If no consumer can be made, the stranded one stays
+    /// and the next checks try again.
+    fn replace_consumer(&mut self) {
+        let fresh = match new_consumer(&self.consumer_config, &self.read_model, &self.topic) {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "cannot make a Kafka consumer to replace the stranded one");
+                return;
+            }
+        };
+        if let Err(error) = fresh.subscribe(&[&self.topic]) {
+            tracing::error!(%error, "the replacement Kafka consumer cannot subscribe");
+            return;
+        }
+        let stranded = std::mem::replace(&mut self.consumer, Arc::new(fresh));
+        // Dropping a consumer closes it, which waits to leave its group:
+        // forever, for one that reaches no broker. A thread of its own, not
+        // tokio's blocking pool, which the runtime waits for at exit.
+        let (hand_over, handed) = std::sync::mpsc::channel();
+        let closing = std::thread::Builder::new()
+            .name("stranded-consumer-close".into())
+            .spawn(move || drop(handed.recv()));
+        match closing {
+            Ok(_) => drop(hand_over.send(stranded)),
+            Err(error) => {
+                tracing::warn!(%error, "no thread to close the stranded consumer on; it stays open");
+                std::mem::forget(stranded);
+            }
+        }
+        metrics::counter!("kafka_clients_replaced_total", "client" => "projector").increment(1);
+        tracing::warn!("the Kafka consumer reached no broker while a new client did (librdkafka#5301): replaced it");
     }
 
     /// Applies one batch; returns false if shutdown interrupted it (nothing
@@ -385,6 +491,7 @@ impl Projector {
         );
         let source = format!("{}/{partition}/{offset}", self.topic);
         let dlq = messaging::dlq_topic(&self.topic);
+        let mut producer = self.dlq_producer.clone();
         loop {
             let headers = OwnedHeaders::new()
                 .insert(Header {
@@ -402,7 +509,7 @@ impl Projector {
             if let Some(payload) = message.payload.as_deref() {
                 record = record.payload(payload);
             }
-            match self.dlq_producer.send(record, Duration::from_secs(10)).await {
+            match producer.send(record, Duration::from_secs(10)).await {
                 Ok(_) => {
                     metrics::counter!("dlq_messages_total").increment(1);
                     return true;
@@ -412,6 +519,12 @@ impl Projector {
                     tracing::error!(%error, source, "could not write to the dead-letter topic; retrying");
                     if !pause(BACKOFF, shutdown).await {
                         return false;
+                    }
+                    // Rare enough that this one poison message's retries may
+                    // use a producer of their own: the shared one also
+                    // answers readiness, which asks a new client anyway.
+                    if let Some(fresh) = self.dlq_stand_in(&producer).await {
+                        producer = fresh;
                     }
                 }
             }

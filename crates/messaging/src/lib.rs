@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
-use rdkafka::producer::{FutureProducer, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::client::Client;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, FutureProducer, Producer};
+use rdkafka::{ClientConfig, ClientContext};
 use shared_kernel::EventEnvelope;
 use thiserror::Error;
 
@@ -197,18 +199,62 @@ pub fn decode(payload: Option<&[u8]>) -> Result<EventEnvelope, DecodeError> {
 }
 
 /// Whether the brokers answer a metadata request for `topic` within a
-/// second: the Kafka half of both services' readiness. librdkafka's call
-/// blocks, so it runs on tokio's blocking pool.
-pub async fn topic_reachable(producer: &FutureProducer, topic: &str) -> bool {
-    let (producer, topic) = (producer.clone(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(Some(&topic), Duration::from_secs(1))
-            .is_ok()
-    })
-    .await
-    .unwrap_or(false)
+/// second, asked through `producer` or, if it cannot, through a new client
+/// made from its `config`: the Kafka half of both services' readiness, which
+/// tells whether Kafka is up, not whether one client is stranded (the relay
+/// and the projector replace theirs; see [`is_stranded`]). librdkafka's
+/// calls block, so they run on tokio's blocking pool.
+pub async fn topic_reachable(producer: &FutureProducer, config: &ClientConfig, topic: &str) -> bool {
+    let (producer, config, topic) = (producer.clone(), config.clone(), topic.to_owned());
+    tokio::task::spawn_blocking(move || answers(producer.client(), &topic) || fresh_client_answers(&config, &topic))
+        .await
+        .unwrap_or(false)
+}
+
+/// How long a metadata request of [`topic_reachable`] and [`is_stranded`]
+/// waits for an answer.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether `client` is stranded: it cannot get `topic`'s metadata, yet a new
+/// client made from the same `config` can.
+///
+/// librdkafka (2.10 and later, this build's 2.12 included) drops every
+/// broker a metadata answer does not list, its bootstrap servers included,
+/// and a broker in controlled shutdown or still starting answers with none
+/// (confluentinc/librdkafka#5301, open). The client may then never connect
+/// again, though Kafka is back: a CI run saw the projector wait 6 minutes
+/// for an assignment after a Kafka restart, and a wedged relay producer
+/// would hold events in the outbox for good. A new client starts from the
+/// bootstrap servers, so the comparison tells that state from Kafka being
+/// down. Blocks for up to two seconds: call it from a blocking thread.
+pub fn is_stranded<C: ClientContext>(client: &Client<C>, config: &ClientConfig, topic: &str) -> bool {
+    !answers(client, topic) && fresh_client_answers(config, topic)
+}
+
+/// Whether a new client made from `config` gets `topic`'s metadata. The
+/// same kind of client as the one it stands in for, so its settings apply
+/// without warnings; it sends nothing, and the consumer, without a group,
+/// has none to leave when dropped.
+fn fresh_client_answers(config: &ClientConfig, topic: &str) -> bool {
+    if config.get("group.id").is_some() {
+        config
+            .clone()
+            .remove("group.id")
+            .create::<BaseConsumer>()
+            .is_ok_and(|probe| answers(probe.client(), topic))
+    } else {
+        config
+            .create::<BaseProducer>()
+            .is_ok_and(|probe| answers(probe.client(), topic))
+    }
+}
+
+/// Whether `client` gets metadata listing a broker: a broker shutting down
+/// answers, with none, and a client asking it then is no better off.
+fn answers<C: ClientContext>(client: &Client<C>, topic: &str) -> bool {
+    client
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .is_ok_and(|metadata| !metadata.brokers().is_empty())
 }
 
 #[cfg(test)]

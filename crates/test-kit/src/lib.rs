@@ -4,9 +4,11 @@
 //! reader of what reached Kafka.
 
 mod kafka;
+mod kafka_proxy;
 mod spare;
 
 pub use kafka::{assert_complete_and_ordered, committed_offsets, read_versions_from_topic};
+pub use kafka_proxy::KafkaProxy;
 pub use spare::{Spare, SpareKind};
 
 use std::future::Future;
@@ -111,9 +113,14 @@ impl Stack {
     /// `prefix` (a name, or a name and the start of its labels); 0 before
     /// the first is recorded.
     pub async fn query_metric(&self, prefix: &str) -> f64 {
+        self.metric_at(&self.query, prefix).await
+    }
+
+    /// [`Stack::query_metric`], of the service at `base_url`.
+    pub async fn metric_at(&self, base_url: &str, prefix: &str) -> f64 {
         let text = self
             .http
-            .get(format!("{}/metrics", self.query))
+            .get(format!("{base_url}/metrics"))
             .send()
             .await
             .expect("query service reachable")
