@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads at scale and projection lag.
 
-1. Loads the stack up to --warriors live warriors (creates through wrk).
+1. Loads the stack up to --warriors live warriors (creates through wrk),
+   shaped like the Gatling feeder's valid rows.
 2. wrk at --connections straight at query-service: `GET /warrior/{id}` over
    random known ids, and `GET /warrior?t=` with random 1–50 letter terms.
 3. Steady creates at about --rate per second for --seconds, then the
@@ -25,7 +26,9 @@ import uuid
 import benchlib
 from benchlib import psql
 
-CREATE = benchlib.random_create_lua()
+# Rows shaped like the Gatling feeder's (names of 1–100 characters, 1–26
+# skills): what users load, and what lookups and search are judged on.
+CREATE = benchlib.random_create_lua(shape="gatling")
 
 WARM_UP_SECONDS = 3
 
@@ -58,7 +61,7 @@ end
 def paced_lua(marker, delay_ms):
     """Random creates named `marker…`; each connection waits delay_ms between
     requests, so the rate is about connections / (delay + latency)."""
-    return benchlib.random_create_lua(marker + " ", f"\nfunction delay() return {delay_ms} end\n")
+    return benchlib.random_create_lua(marker + " ", f"\nfunction delay() return {delay_ms} end\n", shape="gatling")
 
 
 def count(gateway):
@@ -189,7 +192,9 @@ def main():
 
     body = "\n".join([
         f"`load-tests/bench_reads.py --warriors {args.warriors} --runs {args.runs} --seconds {args.seconds}`: wrk with "
-        f"{args.connections} connections straight at query-service, {count(env['GATEWAY_URL'])} live warriors. "
+        f"{args.connections} connections straight at query-service, {count(env['GATEWAY_URL'])} live warriors "
+        "(loaded with rows shaped like the Gatling feeder's: names of 1–100 letters and spaces, no skills 1 time "
+        "in 14, else 1–26 of 26 skills). "
         "Lookups go over 20,000 random known ids (each lookup also checks the event store's head version for read "
         "your writes); search terms are 1–50 random letters and spaces. The loaded tables are vacuumed before the runs, and each measured run follows "
         f"{WARM_UP_SECONDS} s of the same requests, not counted. Medians of the runs.",
