@@ -30,13 +30,6 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const LAG_REPORT_INTERVAL: Duration = Duration::from_secs(2);
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(500);
-/// How long the relay waits for Kafka's acknowledgement before it checks
-/// that its producer is not stranded ([`messaging::is_stranded`]), and the
-/// pause between checks.
-const STRANDED_CHECK_AFTER: Duration = Duration::from_secs(3);
-/// Consecutive checks that must find the producer stranded before it is
-/// replaced: one could catch it between a Kafka restart and its reconnection.
-const STRANDED_VERDICTS: u32 = 2;
 
 /// Why a relay round stopped relaying.
 #[derive(Debug, Error)]
@@ -243,7 +236,7 @@ impl Relay {
                 let waited = tokio::select! {
                     outcome = &mut delivery => Some(outcome),
                     _ = shutdown.wait_for(|stop| *stop) => break None,
-                    () = tokio::time::sleep(STRANDED_CHECK_AFTER) => None,
+                    () = tokio::time::sleep(messaging::STRANDED_CHECK_AFTER) => None,
                 };
                 if let Some(outcome) = waited {
                     break Some(outcome);
@@ -253,7 +246,7 @@ impl Relay {
                 } else {
                     0
                 };
-                if stranded_verdicts >= STRANDED_VERDICTS {
+                if stranded_verdicts >= messaging::STRANDED_VERDICTS {
                     self.producer.purge(PurgeConfig::default().queue().inflight());
                     return (delivered, Some(PublishFailure::Stranded));
                 }

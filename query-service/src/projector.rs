@@ -36,16 +36,6 @@ const BACKOFF: Duration = Duration::from_millis(500);
 /// dead-letter topic.
 const POISON_ATTEMPTS: u32 = 3;
 
-/// How long the consumer may go without a message before the projector
-/// checks that it is not stranded ([`messaging::is_stranded`]), and the
-/// pause between checks.
-const STRANDED_CHECK_AFTER: Duration = Duration::from_secs(3);
-
-/// Consecutive checks that must find the consumer stranded before it is
-/// replaced: one could catch a consumer between a Kafka restart and its
-/// reconnection.
-const STRANDED_VERDICTS: u32 = 2;
-
 /// Consumer callbacks: starts assigned partitions where the read model's
 /// rows reach, and turns librdkafka's periodic statistics into the
 /// `projector_lag_events{partition}` gauge (high watermark − stored offset).
@@ -240,10 +230,10 @@ impl Projector {
                         }
                         take(&mut batch, message);
                     }
-                    () = tokio::time::sleep_until(quiet_since + STRANDED_CHECK_AFTER) => {
+                    () = tokio::time::sleep_until(quiet_since + messaging::STRANDED_CHECK_AFTER) => {
                         quiet_since = tokio::time::Instant::now();
                         stranded_verdicts = if self.consumer_stranded().await { stranded_verdicts + 1 } else { 0 };
-                        if stranded_verdicts >= STRANDED_VERDICTS {
+                        if stranded_verdicts >= messaging::STRANDED_VERDICTS {
                             self.replace_consumer();
                             stranded_verdicts = 0;
                         }

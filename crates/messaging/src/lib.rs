@@ -215,6 +215,16 @@ pub async fn topic_reachable(producer: &FutureProducer, config: &ClientConfig, t
 /// waits for an answer.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a client may go without a message or an acknowledgement before
+/// its owner checks that it is not stranded ([`is_stranded`]), and the pause
+/// between checks.
+pub const STRANDED_CHECK_AFTER: Duration = Duration::from_secs(3);
+
+/// Consecutive checks that must find a client stranded before it is
+/// replaced: one could catch it between a Kafka restart and its
+/// reconnection.
+pub const STRANDED_VERDICTS: u32 = 2;
+
 /// Whether `client` is stranded: it cannot get `topic`'s metadata, yet a new
 /// client made from the same `config` can.
 ///
