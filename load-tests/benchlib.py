@@ -255,6 +255,17 @@ def wait_quiet(threshold=0.15, seconds=60, quiet_for=3):
     return time.monotonic() - started
 
 
+def settle_databases():
+    """Checkpoints both databases, then waits for a quiet machine. A
+    checkpoint still spreading the previous step's writes (a catch-up of
+    millions of events leaves one in each database for up to ~13 min) made
+    WAL flushes wait behind it: write-path p99 at 64 connections 24-43 ms
+    instead of 6-8 ms (docs/BENCHMARKS.md, 2026-11-27 17:49 and 17:58)."""
+    for part in ("eventstore-db", "readmodel-db"):
+        dev("psql", part, "-c", "CHECKPOINT")
+    return wait_quiet(seconds=180)
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
 

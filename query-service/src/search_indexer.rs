@@ -46,13 +46,15 @@ const BACKOFF: Duration = Duration::from_millis(500);
 
 /// Indexes queued names until `shutdown`, at most once per `refresh` and
 /// within the duty cycle, unless a backlog (a full batch) is waiting.
+/// Shutdown waits for the round in hand only: a backlog of millions of names
+/// (a catch-up) stays queued for the next start.
 pub async fn run(
     read_model: ReadModel,
     refresh: Duration,
     mut applied: broadcast::Receiver<AppliedBatch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
+    while !*shutdown.borrow() {
         let started = Instant::now();
         let indexed = read_model.index_names(BATCH).await;
         let earliest = started + (started.elapsed() * PAUSE_PER_WORK).min(MAX_WORK_PAUSE);
@@ -83,4 +85,41 @@ pub async fn run(
         }
     }
     tracing::info!("search indexer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::PgPool;
+
+    /// With a backlog, rounds follow each other without a pause; shutdown
+    /// used to be looked at only in the pauses, so a stopping service went
+    /// on indexing a catch-up's millions of names until it was killed.
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn shutdown_leaves_a_backlog_queued(pool: PgPool) {
+        sqlx::query("INSERT INTO search_queue SELECT gen_random_uuid() FROM generate_series(1, $1)")
+            .bind(3 * BATCH)
+            .execute(&pool)
+            .await
+            .expect("queue ids");
+        let (stop, shutdown) = watch::channel(false);
+        let (_applied, applied) = broadcast::channel(1);
+        stop.send(true).expect("the indexer's receiver is alive");
+
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            run(ReadModel::new(pool.clone()), Duration::ZERO, applied, shutdown),
+        )
+        .await
+        .expect("the indexer stops");
+
+        let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM search_queue")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert!(
+            queued >= 2 * BATCH,
+            "at most one round after shutdown, {queued} ids left"
+        );
+    }
 }
