@@ -330,10 +330,19 @@ def commit():
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+def commit_description():
+    """The commit measured, in backticks, and whether the tree held changes
+    beyond it (a report measured with uncommitted code must say so)."""
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    return f"`{commit() or 'unknown'}`" + (" with uncommitted changes" if dirty else "")
+
+
 def append_report(title, body):
     """Appends a dated section to docs/BENCHMARKS.md and echoes it."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = f"\n## {title} — {stamp}\n\nMachine: {machine()}. Commit: `{commit()}`.\n\n{body.rstrip()}\n"
+    section = f"\n## {title} — {stamp}\n\nMachine: {machine()}. Commit: {commit_description()}.\n\n{body.rstrip()}\n"
     if not REPORT.exists():
         REPORT.write_text("# Benchmarks\n\nAppended by the scripts in `load-tests/`; newest last.\n")
     with REPORT.open("a") as report:

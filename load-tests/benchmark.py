@@ -530,14 +530,6 @@ def fmt_int(text):
         return text if text not in (None, "-") else "0" if text == "-" else "?"
 
 
-def commit_description():
-    head = benchlib.commit() or "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-    ).stdout.strip()
-    return f"`{head}`" + (" with uncommitted changes" if dirty else "")
-
-
 def parts_table(res):
     """Markdown table of memory and CPU per part."""
     lines = [
@@ -845,7 +837,7 @@ def main():
     profile, report, lines, sampler, status = run["profile"], run["report"], run["lines"], run["sampler"], run["status"]
     ctx = {
         "machine": benchlib.machine(),
-        "commit": commit_description(),
+        "commit": benchlib.commit_description(),
         "dry_run": dry,
         "now": started.strftime("%Y-%m-%d %H:%M UTC"),
         "profile": profile,
