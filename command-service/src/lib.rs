@@ -14,8 +14,8 @@ use anyhow::Context;
 use axum::Router;
 use event_store::{Appender, EventStore, GroupCommitConfig, GroupCommitter};
 use http_kit::PrometheusHandle;
+use messaging::KafkaReadiness;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{watch, Notify};
 use utoipa::OpenApi as _;
@@ -31,10 +31,8 @@ use crate::relay::Relay;
 /// each field (pools, channels, producer, topic name) showed up in profiles.
 pub struct AppState {
     pub commands: Commands,
-    pub producer: FutureProducer,
-    /// How `producer` was made: readiness asks a new client when it cannot.
-    pub producer_config: ClientConfig,
-    pub topic: String,
+    /// Readiness's question to Kafka, through the relay's producer.
+    pub kafka: KafkaReadiness,
 }
 
 /// What the command side's OpenAPI document says besides its operations.
@@ -157,9 +155,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
 
     let state = AppState {
         commands: Commands::new(store, appender, config.snapshot_every).with_append_timeout(config.database_timeout()),
-        producer,
-        producer_config,
-        topic: config.kafka_topic.clone(),
+        kafka: KafkaReadiness::new(producer, producer_config, config.kafka_topic.clone()),
     };
     let listener =
         http_kit::listen(config.listen_addr).with_context(|| format!("cannot listen on {}", config.listen_addr))?;

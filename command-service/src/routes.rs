@@ -352,7 +352,7 @@ pub async fn health_v1() -> Json<Health> {
 pub async fn ready(State(app): State<Arc<AppState>>) -> Readiness {
     let (database, kafka) = tokio::join!(
         health::database_answers(app.commands.store().pool()),
-        messaging::topic_reachable(&app.producer, &app.producer_config, &app.topic)
+        app.kafka.topic_reachable()
     );
     Readiness { database, kafka }
 }

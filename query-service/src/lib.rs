@@ -21,8 +21,8 @@ use anyhow::Context;
 use axum::Router;
 use event_store::{EventStore, EventStoreError, StoredEvent};
 use http_kit::PrometheusHandle;
+use messaging::KafkaReadiness;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 use shared_kernel::{Warrior, WarriorEvent};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
@@ -80,11 +80,8 @@ pub struct AppState {
     pub projection_breaker: Breaker,
     pub applied: broadcast::Sender<AppliedBatch>,
     pub read_your_writes_timeout: Duration,
-    /// The dead-letter producer, asked by readiness whether Kafka is up.
-    pub kafka: FutureProducer,
-    /// How `kafka` was made: readiness asks a new client when it cannot.
-    pub kafka_config: ClientConfig,
-    pub topic: String,
+    /// Readiness's question to Kafka, through the dead-letter producer.
+    pub kafka: KafkaReadiness,
 }
 
 impl AppState {
@@ -502,9 +499,7 @@ pub async fn serve(config: Config, metrics: PrometheusHandle) -> anyhow::Result<
         ),
         applied,
         read_your_writes_timeout: config.read_your_writes_timeout(),
-        kafka: producer,
-        kafka_config: producer_config.clone(),
-        topic: config.kafka_topic.clone(),
+        kafka: KafkaReadiness::new(producer, producer_config, config.kafka_topic.clone()),
     };
     let listener =
         http_kit::listen(config.listen_addr).with_context(|| format!("cannot listen on {}", config.listen_addr))?;

@@ -238,7 +238,7 @@ pub async fn health_v1() -> Json<Health> {
 pub async fn ready(State(app): State<Arc<AppState>>) -> Readiness {
     let (database, kafka) = tokio::join!(
         health::database_answers(app.read_model.pool()),
-        messaging::topic_reachable(&app.kafka, &app.kafka_config, &app.topic)
+        app.kafka.topic_reachable()
     );
     Readiness { database, kafka }
 }

@@ -1,7 +1,8 @@
 //! Kafka plumbing shared by the relay (producer) and the projector (consumer):
 //! client settings chosen once, and the envelope's encoding on the wire.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -203,12 +204,76 @@ pub fn decode(payload: Option<&[u8]>) -> Result<EventEnvelope, DecodeError> {
 /// made from its `config`: the Kafka half of both services' readiness, which
 /// tells whether Kafka is up, not whether one client is stranded (the relay
 /// and the projector replace theirs; see [`is_stranded`]). librdkafka's
-/// calls block, so they run on tokio's blocking pool.
+/// calls block, so they run on tokio's blocking pool. Services ask through
+/// [`KafkaReadiness`], which bounds how often this runs.
 pub async fn topic_reachable(producer: &FutureProducer, config: &ClientConfig, topic: &str) -> bool {
     let (producer, config, topic) = (producer.clone(), config.clone(), topic.to_owned());
     tokio::task::spawn_blocking(move || answers(producer.client(), &topic) || fresh_client_answers(&config, &topic))
         .await
         .unwrap_or(false)
+}
+
+/// How long a readiness verdict about Kafka is reused.
+pub const READINESS_FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The Kafka half of a service's readiness: [`topic_reachable`], run at most
+/// once per [`READINESS_FRESH_FOR`] and by one caller at a time; callers
+/// meanwhile get the last verdict. While Kafka is down each check blocks a
+/// thread for up to two seconds and makes a new client (a handful of
+/// librdkafka threads), so probes from an orchestrator and a load balancer
+/// must not each start one.
+pub struct KafkaReadiness {
+    producer: FutureProducer,
+    config: ClientConfig,
+    topic: String,
+    verdict: Memo,
+}
+
+impl KafkaReadiness {
+    /// Asks through `producer`, made from `config`, about `topic`.
+    pub fn new(producer: FutureProducer, config: ClientConfig, topic: String) -> Self {
+        Self {
+            producer,
+            config,
+            topic,
+            verdict: Memo::new(READINESS_FRESH_FOR),
+        }
+    }
+
+    /// Whether Kafka answers for the topic (at most [`READINESS_FRESH_FOR`] old).
+    pub async fn topic_reachable(&self) -> bool {
+        self.verdict
+            .get(|| topic_reachable(&self.producer, &self.config, &self.topic))
+            .await
+    }
+}
+
+/// A yes/no answer reused while fresh; concurrent askers wait for the one
+/// check in flight instead of starting their own.
+struct Memo {
+    fresh_for: Duration,
+    last: tokio::sync::Mutex<Option<(Instant, bool)>>,
+}
+
+impl Memo {
+    fn new(fresh_for: Duration) -> Self {
+        Self {
+            fresh_for,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get<F: Future<Output = bool>>(&self, check: impl FnOnce() -> F) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, verdict)) = *last {
+            if at.elapsed() < self.fresh_for {
+                return verdict;
+            }
+        }
+        let verdict = check().await;
+        *last = Some((Instant::now(), verdict));
+        verdict
+    }
 }
 
 /// How long a metadata request of [`topic_reachable`] and [`is_stranded`]
@@ -270,6 +335,35 @@ fn answers<C: ClientContext>(client: &Client<C>, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its runs; each takes a moment, so concurrent askers overlap it.
+    async fn counted(runs: &AtomicUsize, verdict: bool) -> bool {
+        runs.fetch_add(1, Ordering::SeqCst);
+        tokio::task::yield_now().await;
+        verdict
+    }
+
+    #[tokio::test]
+    async fn concurrent_askers_share_one_check_while_its_verdict_is_fresh() {
+        let memo = Memo::new(Duration::from_secs(60));
+        let runs = AtomicUsize::new(0);
+        let answers = futures::future::join_all((0..10).map(|_| memo.get(|| counted(&runs, false)))).await;
+        assert_eq!(answers, [false; 10]);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stale_verdict_is_checked_again() {
+        let memo = Memo::new(Duration::ZERO);
+        let runs = AtomicUsize::new(0);
+        assert!(!memo.get(|| counted(&runs, false)).await);
+        assert!(
+            memo.get(|| counted(&runs, true)).await,
+            "the new verdict, not the old one"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn envelope_round_trips() {
