@@ -41,7 +41,7 @@ def main():
     if args.write_path_only:
         benchlib.dev("stop", "query-service")
         benchlib.dev("stop", "command-service")
-    stored = int(float(benchlib.psql(env["EVENT_STORE_URL"], "SELECT reltuples FROM pg_class WHERE relname = 'events'")))
+    stored = int(benchlib.psql(env["EVENT_STORE_URL"], "SELECT count(*) FROM events"))
     quiet_after = benchlib.settle_databases()
     print(f"databases checkpointed, machine quiet after {quiet_after:.0f} s; ~{stored:,} events stored", flush=True)
     try:

@@ -332,9 +332,12 @@ def commit():
 
 def commit_description():
     """The commit measured, in backticks, and whether the tree held changes
-    beyond it (a report measured with uncommitted code must say so)."""
+    beyond it (a report measured with uncommitted code must say so). docs/
+    does not count: the reports appended there by earlier runs would."""
     dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return f"`{commit() or 'unknown'}`" + (" with uncommitted changes" if dirty else "")
 

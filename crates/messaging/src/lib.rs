@@ -218,7 +218,7 @@ pub const READINESS_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// The Kafka half of a service's readiness: [`topic_reachable`], run at most
 /// once per [`READINESS_FRESH_FOR`] and by one caller at a time; callers
-/// meanwhile get the last verdict. While Kafka is down each check blocks a
+/// that come meanwhile wait for its verdict. While Kafka is down each check blocks a
 /// thread for up to two seconds and makes a new client (a handful of
 /// librdkafka threads), so probes from an orchestrator and a load balancer
 /// must not each start one.
